@@ -1,0 +1,233 @@
+// guestmem: errors.
+//
+// Every fallible call returns `Result<T> = std::expected<T, Error>`; no exception crosses the
+// public API. `Error` is a small value: a specific `ErrorCode` plus the data a caller needs to
+// react (the address involved, how many bytes were expected and completed, errno). The table
+// below says which fields each code fills; unused fields are zero.
+//
+//   code                     address                 length         expected/completed  errno
+//   InvalidGuestAddress      guest address           -              -                   -
+//   IoError                  -                       -              -/bytes done before  yes
+//   PartialBuffer            -                       -              yes                 -
+//   InvalidBackendAddress    address in the container-              -                   -
+//   HostAddressNotAvailable  address                 -              -                   -
+//   CallbackOutOfRange       -                       bytes offered  claimed/done before -
+//   GuestAddressOverflow     address that wrapped    bytes left     -                   -
+//   OutOfBounds              offset asked for        length asked   view size/-         -
+//   Overflow                 base                    offset added   -                   -
+//   Misaligned               address                 alignment      -                   -
+//   NoMemoryRegion           -                       -              -                   -
+//   MemoryRegionOverlap      start of the 2nd region -              -                   -
+//   UnsortedMemoryRegions    start of the 2nd region -              -                   -
+//   InvalidGuestRegion       guest base              size           -                   -
+//   MappingFailed            -                       size           -                   yes
+//   MappingPastEof           file offset             size           file size/-         -
+//   InvalidOffsetLength      file offset             size           -                   -
+//   InvalidPointer           the pointer             -              -                   -
+//   MapFixed                 -                       -              -                   -
+//
+//   auto r = mem.read_obj<std::uint32_t>(addr);
+//   if (!r && r.error().code() == ErrorCode::PartialBuffer) {
+//     log(r.error().message());   // "partial buffer: completed 2 of 4 bytes"
+//   }
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <iosfwd>
+#include <string>
+#include <string_view>
+#include <version>
+
+#if defined(__cpp_lib_format)
+#include <format>
+#endif
+
+#include "guestmem/address.hpp"
+
+namespace guestmem {
+
+/// What went wrong. Codes are stable; new ones are only ever appended.
+enum class ErrorCode : std::uint8_t {
+  /// No memory region contains the guest address.
+  InvalidGuestAddress,
+  /// A system call on a file descriptor failed.
+  IoError,
+  /// An all-or-nothing access could only move part of the data.
+  PartialBuffer,
+  /// The address is outside the backing memory of a region (or a single access crosses its
+  /// end or is misaligned).
+  InvalidBackendAddress,
+  /// The region has no host mapping to hand out.
+  HostAddressNotAvailable,
+  /// A transfer callback (a ReadVolatile or WriteVolatile implementation) claimed to have
+  /// moved more bytes than it was given.
+  CallbackOutOfRange,
+  /// Advancing through a range would wrap past the top of the 64-bit address space.
+  GuestAddressOverflow,
+  /// An offset is outside a volatile view.
+  OutOfBounds,
+  /// Offset arithmetic on a volatile view overflowed.
+  Overflow,
+  /// A single access is not naturally aligned.
+  Misaligned,
+  /// A memory was built from no regions.
+  NoMemoryRegion,
+  /// Two regions share guest addresses.
+  MemoryRegionOverlap,
+  /// Regions were given out of address order.
+  UnsortedMemoryRegions,
+  /// A region is empty or ends past the top of the guest address space.
+  InvalidGuestRegion,
+  /// mmap failed.
+  MappingFailed,
+  /// A file mapping would extend past the end of the file.
+  MappingPastEof,
+  /// The file offset plus the size of a mapping does not fit in 64 bits.
+  InvalidOffsetLength,
+  /// A caller-supplied mapping pointer is not page aligned.
+  InvalidPointer,
+  /// MAP_FIXED was passed to a builder that must not replace existing mappings.
+  MapFixed,
+};
+
+/// The enumerator's name, for example "PartialBuffer".
+std::string_view to_string(ErrorCode code) noexcept;
+std::ostream& operator<<(std::ostream& out, ErrorCode code);
+
+/// An error value. See the table at the top of this header for the fields of each code.
+class [[nodiscard]] Error {
+ public:
+  constexpr explicit Error(ErrorCode code) noexcept : code_(code) {}
+
+  static constexpr Error invalid_guest_address(GuestAddress address) noexcept {
+    return Error(ErrorCode::InvalidGuestAddress).with_address(address.raw_value());
+  }
+  static constexpr Error io(int errnum, std::uint64_t completed = 0) noexcept {
+    Error e(ErrorCode::IoError);
+    e.os_error_ = errnum;
+    e.completed_ = completed;
+    return e;
+  }
+  static constexpr Error partial_buffer(std::uint64_t expected, std::uint64_t completed) noexcept {
+    Error e(ErrorCode::PartialBuffer);
+    e.expected_ = expected;
+    e.completed_ = completed;
+    return e;
+  }
+  static constexpr Error invalid_backend_address(std::uint64_t address) noexcept {
+    return Error(ErrorCode::InvalidBackendAddress).with_address(address);
+  }
+  static constexpr Error callback_out_of_range(std::uint64_t offered,
+                                               std::uint64_t claimed) noexcept {
+    Error e(ErrorCode::CallbackOutOfRange);
+    e.length_ = offered;
+    e.expected_ = claimed;
+    return e;
+  }
+  static constexpr Error guest_address_overflow(std::uint64_t address,
+                                                std::uint64_t remaining) noexcept {
+    Error e = Error(ErrorCode::GuestAddressOverflow).with_address(address);
+    e.length_ = remaining;
+    return e;
+  }
+  static constexpr Error out_of_bounds(std::uint64_t offset, std::uint64_t length,
+                                       std::uint64_t view_size) noexcept {
+    Error e = Error(ErrorCode::OutOfBounds).with_address(offset);
+    e.length_ = length;
+    e.expected_ = view_size;
+    return e;
+  }
+  static constexpr Error overflow(std::uint64_t base, std::uint64_t offset) noexcept {
+    Error e = Error(ErrorCode::Overflow).with_address(base);
+    e.length_ = offset;
+    return e;
+  }
+  static constexpr Error misaligned(std::uint64_t address, std::uint64_t alignment) noexcept {
+    Error e = Error(ErrorCode::Misaligned).with_address(address);
+    e.length_ = alignment;
+    return e;
+  }
+  static constexpr Error at(ErrorCode code, std::uint64_t address,
+                                std::uint64_t size = 0) noexcept {
+    Error e = Error(code).with_address(address);
+    e.length_ = size;
+    return e;
+  }
+  static constexpr Error mapping_failed(int errnum, std::uint64_t size) noexcept {
+    Error e(ErrorCode::MappingFailed);
+    e.os_error_ = errnum;
+    e.length_ = size;
+    return e;
+  }
+  static constexpr Error mapping_past_eof(std::uint64_t file_offset, std::uint64_t size,
+                                          std::uint64_t file_size) noexcept {
+    Error e = at(ErrorCode::MappingPastEof, file_offset, size);
+    e.expected_ = file_size;
+    return e;
+  }
+
+  /// The same error with `completed()` replaced; used when a failure ends a transfer that had
+  /// already moved `completed` bytes.
+  [[nodiscard]] constexpr Error with_completed(std::uint64_t completed) const noexcept {
+    Error e = *this;
+    e.completed_ = completed;
+    return e;
+  }
+
+  [[nodiscard]] constexpr ErrorCode code() const noexcept { return code_; }
+  [[nodiscard]] constexpr std::uint64_t address() const noexcept { return address_; }
+  [[nodiscard]] constexpr std::uint64_t length() const noexcept { return length_; }
+  [[nodiscard]] constexpr std::uint64_t expected() const noexcept { return expected_; }
+  [[nodiscard]] constexpr std::uint64_t completed() const noexcept { return completed_; }
+  /// The errno of a failed system call, or 0.
+  [[nodiscard]] constexpr int os_error() const noexcept { return os_error_; }
+
+  /// A readable one-line description carrying the addresses and counts, for example
+  /// "invalid guest address 0x3000" or "partial buffer: completed 4 of 8 bytes".
+  [[nodiscard]] std::string message() const;
+
+  friend constexpr bool operator==(const Error&, const Error&) noexcept = default;
+
+ private:
+  constexpr Error with_address(std::uint64_t address) const noexcept {
+    Error e = *this;
+    e.address_ = address;
+    return e;
+  }
+
+  ErrorCode code_;
+  std::int32_t os_error_ = 0;
+  std::uint64_t address_ = 0;
+  std::uint64_t length_ = 0;
+  std::uint64_t expected_ = 0;
+  std::uint64_t completed_ = 0;
+};
+
+/// The result of a fallible guestmem call.
+template <class T>
+using Result = std::expected<T, Error>;
+
+/// `error.message()`.
+std::string to_string(const Error& error);
+std::ostream& operator<<(std::ostream& out, const Error& error);
+
+}  // namespace guestmem
+
+#if defined(__cpp_lib_format)
+template <>
+struct std::formatter<guestmem::Error, char> : std::formatter<std::string_view, char> {
+  template <class FormatContext>
+  auto format(const guestmem::Error& error, FormatContext& ctx) const {
+    return std::formatter<std::string_view, char>::format(error.message(), ctx);
+  }
+};
+template <>
+struct std::formatter<guestmem::ErrorCode, char> : std::formatter<std::string_view, char> {
+  template <class FormatContext>
+  auto format(guestmem::ErrorCode code, FormatContext& ctx) const {
+    return std::formatter<std::string_view, char>::format(guestmem::to_string(code), ctx);
+  }
+};
+#endif

@@ -1,0 +1,126 @@
+#include "guestmem/error.hpp"
+
+#include <cstring>
+#include <ostream>
+
+namespace guestmem {
+namespace {
+
+std::string hex(std::uint64_t value) { return to_string(GuestAddress{value}); }
+
+std::string os_error_text(int errnum) {
+  // strerror_r has two incompatible signatures; strerrordesc_np (glibc 2.32+) is
+  // thread-safe and returns a static string without the locale machinery.
+  const char* text = strerrordesc_np(errnum);
+  std::string out = text != nullptr ? text : "unknown error";
+  out += " (errno " + std::to_string(errnum) + ")";
+  return out;
+}
+
+}  // namespace
+
+std::string_view to_string(ErrorCode code) noexcept {
+  switch (code) {
+    case ErrorCode::InvalidGuestAddress:
+      return "InvalidGuestAddress";
+    case ErrorCode::IoError:
+      return "IoError";
+    case ErrorCode::PartialBuffer:
+      return "PartialBuffer";
+    case ErrorCode::InvalidBackendAddress:
+      return "InvalidBackendAddress";
+    case ErrorCode::HostAddressNotAvailable:
+      return "HostAddressNotAvailable";
+    case ErrorCode::CallbackOutOfRange:
+      return "CallbackOutOfRange";
+    case ErrorCode::GuestAddressOverflow:
+      return "GuestAddressOverflow";
+    case ErrorCode::OutOfBounds:
+      return "OutOfBounds";
+    case ErrorCode::Overflow:
+      return "Overflow";
+    case ErrorCode::Misaligned:
+      return "Misaligned";
+    case ErrorCode::NoMemoryRegion:
+      return "NoMemoryRegion";
+    case ErrorCode::MemoryRegionOverlap:
+      return "MemoryRegionOverlap";
+    case ErrorCode::UnsortedMemoryRegions:
+      return "UnsortedMemoryRegions";
+    case ErrorCode::InvalidGuestRegion:
+      return "InvalidGuestRegion";
+    case ErrorCode::MappingFailed:
+      return "MappingFailed";
+    case ErrorCode::MappingPastEof:
+      return "MappingPastEof";
+    case ErrorCode::InvalidOffsetLength:
+      return "InvalidOffsetLength";
+    case ErrorCode::InvalidPointer:
+      return "InvalidPointer";
+    case ErrorCode::MapFixed:
+      return "MapFixed";
+  }
+  return "UnknownErrorCode";
+}
+
+std::string Error::message() const {
+  using std::to_string;
+  switch (code_) {
+    case ErrorCode::InvalidGuestAddress:
+      return "invalid guest address " + hex(address_);
+    case ErrorCode::IoError:
+      return "I/O error: " + os_error_text(os_error_) + " after " + to_string(completed_) +
+             " bytes";
+    case ErrorCode::PartialBuffer:
+      return "partial buffer: completed " + to_string(completed_) + " of " +
+             to_string(expected_) + " bytes";
+    case ErrorCode::InvalidBackendAddress:
+      return "invalid backend address " + hex(address_);
+    case ErrorCode::HostAddressNotAvailable:
+      return "host virtual address not available for " + hex(address_);
+    case ErrorCode::CallbackOutOfRange:
+      return "transfer callback claimed " + to_string(expected_) + " bytes of the " +
+             to_string(length_) + " it was given, after " + to_string(completed_) + " bytes";
+    case ErrorCode::GuestAddressOverflow:
+      return "address overflow past " + hex(address_) + " with " + to_string(length_) +
+             " bytes left";
+    case ErrorCode::OutOfBounds:
+      return "range of " + to_string(length_) + " bytes at offset " + hex(address_) +
+             " is out of bounds of a view of " + to_string(expected_) + " bytes";
+    case ErrorCode::Overflow:
+      return "offset overflow: " + hex(address_) + " + " + hex(length_);
+    case ErrorCode::Misaligned:
+      return "address " + hex(address_) + " is not aligned to " + to_string(length_) + " bytes";
+    case ErrorCode::NoMemoryRegion:
+      return "no memory region";
+    case ErrorCode::MemoryRegionOverlap:
+      return "memory regions overlap at " + hex(address_);
+    case ErrorCode::UnsortedMemoryRegions:
+      return "memory regions are not sorted at " + hex(address_);
+    case ErrorCode::InvalidGuestRegion:
+      return "invalid guest region at " + hex(address_) + " of size " + hex(length_);
+    case ErrorCode::MappingFailed:
+      return "mmap of " + hex(length_) + " bytes failed: " + os_error_text(os_error_);
+    case ErrorCode::MappingPastEof:
+      return "mapping of " + hex(length_) + " bytes at file offset " + hex(address_) +
+             " goes past the end of the file (size " + hex(expected_) + ")";
+    case ErrorCode::InvalidOffsetLength:
+      return "file offset " + hex(address_) + " plus length " + hex(length_) +
+             " does not fit in 64 bits";
+    case ErrorCode::InvalidPointer:
+      return "mapping pointer " + hex(address_) + " is not page aligned";
+    case ErrorCode::MapFixed:
+      return "MAP_FIXED is not allowed: it would silently replace existing mappings";
+  }
+  return "unknown error code " + to_string(static_cast<unsigned>(code_));
+}
+
+std::string to_string(const Error& error) { return error.message(); }
+
+std::ostream& operator<<(std::ostream& out, ErrorCode code) { return out << to_string(code); }
+
+std::ostream& operator<<(std::ostream& out, const Error& error) {
+  return out << to_string(error.code()) << ": " << error.message();
+}
+
+}  // namespace guestmem

@@ -1,0 +1,93 @@
+#include "guestmem/error.hpp"
+
+#include <cerrno>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+namespace guestmem {
+namespace {
+
+TEST(Error, FieldsOfEachConstructor) {
+  const Error invalid = Error::invalid_guest_address(GuestAddress{0x3000});
+  EXPECT_EQ(invalid.code(), ErrorCode::InvalidGuestAddress);
+  EXPECT_EQ(invalid.address(), 0x3000u);
+
+  const Error partial = Error::partial_buffer(8, 4);
+  EXPECT_EQ(partial.code(), ErrorCode::PartialBuffer);
+  EXPECT_EQ(partial.expected(), 8u);
+  EXPECT_EQ(partial.completed(), 4u);
+
+  const Error io = Error::io(EPIPE, 12);
+  EXPECT_EQ(io.code(), ErrorCode::IoError);
+  EXPECT_EQ(io.os_error(), EPIPE);
+  EXPECT_EQ(io.completed(), 12u);
+
+  const Error misaligned = Error::misaligned(0x1001, 4);
+  EXPECT_EQ(misaligned.address(), 0x1001u);
+  EXPECT_EQ(misaligned.length(), 4u);
+
+  const Error eof = Error::mapping_past_eof(0x1000, 0x2000, 0x1800);
+  EXPECT_EQ(eof.code(), ErrorCode::MappingPastEof);
+  EXPECT_EQ(eof.address(), 0x1000u);
+  EXPECT_EQ(eof.length(), 0x2000u);
+  EXPECT_EQ(eof.expected(), 0x1800u);
+
+  EXPECT_EQ(Error::io(EIO).with_completed(7).completed(), 7u);
+  EXPECT_EQ(Error(ErrorCode::NoMemoryRegion), Error(ErrorCode::NoMemoryRegion));
+  EXPECT_NE(Error::partial_buffer(8, 4), Error::partial_buffer(8, 5));
+}
+
+TEST(Error, MessagesCarryAddressesAndCounts) {
+  EXPECT_EQ(Error::invalid_guest_address(GuestAddress{0x3000}).message(),
+            "invalid guest address 0x3000");
+  EXPECT_EQ(Error::partial_buffer(8, 4).message(), "partial buffer: completed 4 of 8 bytes");
+  EXPECT_EQ(Error::io(EPIPE, 3).message(), "I/O error: Broken pipe (errno 32) after 3 bytes");
+  EXPECT_EQ(Error::invalid_backend_address(0xffe).message(), "invalid backend address 0xffe");
+  EXPECT_EQ(Error::out_of_bounds(5, 3, 5).message(),
+            "range of 3 bytes at offset 0x5 is out of bounds of a view of 5 bytes");
+  EXPECT_EQ(Error::overflow(0x10, 0xfffffffffffffff8).message(),
+            "offset overflow: 0x10 + 0xfffffffffffffff8");
+  EXPECT_EQ(Error::misaligned(0x1001, 4).message(), "address 0x1001 is not aligned to 4 bytes");
+  EXPECT_EQ(Error(ErrorCode::NoMemoryRegion).message(), "no memory region");
+  EXPECT_EQ(Error::at(ErrorCode::MemoryRegionOverlap, 0x800).message(),
+            "memory regions overlap at 0x800");
+  EXPECT_EQ(Error::at(ErrorCode::UnsortedMemoryRegions, 0x0).message(),
+            "memory regions are not sorted at 0x0");
+  EXPECT_EQ(Error::at(ErrorCode::InvalidGuestRegion, 0xfffffffffffff000, 0x1000).message(),
+            "invalid guest region at 0xfffffffffffff000 of size 0x1000");
+  EXPECT_EQ(Error::mapping_failed(EINVAL, 0).message(),
+            "mmap of 0x0 bytes failed: Invalid argument (errno 22)");
+  EXPECT_EQ(Error::mapping_past_eof(0x1000, 0x2000, 0x1800).message(),
+            "mapping of 0x2000 bytes at file offset 0x1000 goes past the end of the file "
+            "(size 0x1800)");
+  EXPECT_EQ(Error::callback_out_of_range(16, 17).with_completed(4).message(),
+            "transfer callback claimed 17 bytes of the 16 it was given, after 4 bytes");
+  EXPECT_EQ(Error::at(ErrorCode::InvalidPointer, 0x1001).message(),
+            "mapping pointer 0x1001 is not page aligned");
+}
+
+TEST(Error, EveryCodeHasANameAndAMessage) {
+  for (int raw = 0; raw <= static_cast<int>(ErrorCode::MapFixed); ++raw) {
+    const auto code = static_cast<ErrorCode>(raw);
+    EXPECT_NE(to_string(code), "UnknownErrorCode") << raw;
+    EXPECT_EQ(Error(code).message().find("unknown error code"), std::string::npos) << raw;
+  }
+}
+
+TEST(Error, Streaming) {
+  std::ostringstream out;
+  out << Error::partial_buffer(2, 1);
+  EXPECT_EQ(out.str(), "PartialBuffer: partial buffer: completed 1 of 2 bytes");
+  EXPECT_EQ(to_string(Error::partial_buffer(2, 1)), "partial buffer: completed 1 of 2 bytes");
+}
+
+TEST(Result, IsStdExpected) {
+  const Result<int> ok = 5;
+  const Result<int> bad = std::unexpected(Error(ErrorCode::NoMemoryRegion));
+  EXPECT_EQ(*ok, 5);
+  EXPECT_EQ(bad.error().code(), ErrorCode::NoMemoryRegion);
+}
+
+}  // namespace
+}  // namespace guestmem
