@@ -1,0 +1,462 @@
+// guestmem: the byte-access interface, implemented once for every container.
+//
+// `BytesMixin<Derived, Addr>` gives a container (a volatile slice, a region, a collection of
+// regions, an IOMMU view) the whole byte-access interface at addresses of type `Addr`. The
+// container supplies two private hooks and befriends the mixin:
+//
+//   Result<Iter> slices_for(Addr addr, std::size_t count, Permissions access) const;
+//       The contiguous host pieces covering [addr, addr + count), in order. `Iter::next()`
+//       returns std::optional<Result<VolatileSlice<S>>>: at least one item when count > 0,
+//       nothing after an error, and pieces whose sizes add up to at most `count`.
+//   Error single_access_error(ErrorCode reason, Addr addr, std::size_t size) const;
+//       The error a container reports when a single access of `size` bytes at `addr` crosses
+//       the end of its piece (reason OutOfBounds) or is misaligned (reason Misaligned).
+//
+// The rules (docs/DESIGN.md, "One set of access semantics"):
+// - A zero-length access succeeds with 0 bytes wherever it points.
+// - `read`, `write`, `read_volatile_from` and `write_volatile_to` may stop short and return
+//   the count; the others are all-or-nothing from the caller's view and fail with
+//   PartialBuffer(expected, completed), bytes already written staying written.
+// - The first piece missing is the container's out-of-range error; a later one missing (a
+//   hole, the end of memory) ends the access early.
+// - Copies of 1, 2, 4 or 8 bytes at a naturally aligned address are single accesses.
+// - Every byte written to guest memory is reported to the piece's dirty bitmap, exactly once.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <type_traits>
+#include <utility>
+
+#include "guestmem/byte_valued.hpp"
+#include "guestmem/detail/copy.hpp"
+#include "guestmem/error.hpp"
+#include "guestmem/permissions.hpp"
+#include "guestmem/volatile_io.hpp"
+
+namespace guestmem::detail {
+
+/// `addr + n` for an address the caller knows is followed by at least `n` valid bytes.
+[[nodiscard]] constexpr std::size_t advance(std::size_t addr, std::size_t n) noexcept {
+  return addr + n;
+}
+template <Address A>
+[[nodiscard]] constexpr A advance(A addr, std::size_t n) noexcept {
+  return addr.unchecked_add(n);
+}
+
+/// The same memory as `slice`, without its dirty bitmap, for handing to a transfer callback.
+/// (`View` is a parameter only to defer naming VolatileSlice until it is complete.)
+template <class Slice, class View = VolatileSlice<>>
+[[nodiscard]] View untracked(const Slice& slice) noexcept {
+  // SAFETY: `slice` is a live view of exactly these bytes; the result covers the same range
+  // and is only used while `slice` is.
+  return View::from_raw_parts(slice.unsafe_host_ptr(), slice.size());
+}
+
+template <class Derived, class Addr>
+class BytesMixin {
+ public:
+  /// Writes `buf` at `addr`, as much of it as fits.
+  /// Returns the bytes written: buf.size(), or fewer when the range reaches a hole or the end.
+  /// Errors: the container's out-of-range error when `addr` itself is outside (and `buf` is
+  /// not empty). Concurrency: the guest may access the same bytes; only single accesses
+  /// (1, 2, 4, 8 aligned bytes) are untorn.
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> write(std::span<const std::byte> buf,
+                                                   Addr addr) const {
+    return write_from(buf, addr);
+  }
+
+  /// Reads into `buf` from `addr`, as much as is there.
+  /// Returns the bytes read (fewer than buf.size() at a hole or the end).
+  /// Errors: as `write`.
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> read(std::span<std::byte> buf, Addr addr) const {
+    return read_into(buf, addr);
+  }
+
+  /// Writes all of `buf` at `addr`.
+  /// Errors: the container's out-of-range error; PartialBuffer(buf.size(), written) when the
+  /// range ends early, in which case the first `written` bytes have been written.
+  GUESTMEM_ALWAYS_INLINE Result<void> write_slice(std::span<const std::byte> buf,
+                                                  Addr addr) const {
+    return all_or_partial(write_from(buf, addr), buf.size());
+  }
+
+  /// Fills all of `buf` from `addr`.
+  /// Errors: as `write_slice`; after PartialBuffer the first `completed` bytes of `buf` hold
+  /// guest data and the rest is unchanged.
+  GUESTMEM_ALWAYS_INLINE Result<void> read_slice(std::span<std::byte> buf, Addr addr) const {
+    return all_or_partial(read_into(buf, addr), buf.size());
+  }
+
+  /// Reads a `T` at `addr`. A `T` of 1, 2, 4 or 8 bytes at an address aligned to its size is
+  /// read with one access. Errors: as `read_slice`.
+  template <ByteValued T>
+  GUESTMEM_ALWAYS_INLINE Result<T> read_obj(Addr addr) const {
+    std::array<std::byte, sizeof(T)> raw;
+    if (auto r = all_or_partial(read_into(std::span(raw), addr), sizeof(T)); !r) [[unlikely]] {
+      return std::unexpected(r.error());
+    }
+    return std::bit_cast<T>(raw);
+  }
+
+  /// Writes `value` at `addr`, with one access under the same condition as `read_obj`.
+  /// Errors: as `write_slice`.
+  template <ByteValued T>
+  GUESTMEM_ALWAYS_INLINE Result<void> write_obj(const T& value, Addr addr) const {
+    return all_or_partial(write_from(bytes_of(value), addr), sizeof(T));
+  }
+
+  /// Atomically stores `value` at `addr` with memory order `order`.
+  /// Errors: the container's out-of-range error; the container's single-access error when the
+  /// value would cross the end of its region or piece, or `addr` is not aligned to sizeof(T)
+  /// in host memory (regions are page aligned, so this is the alignment of the offset in the
+  /// region). Preconditions: `order` is a valid store order (aborts otherwise).
+  template <AtomicAccess T>
+  GUESTMEM_ALWAYS_INLINE Result<void> store(T value, Addr addr, std::memory_order order) const {
+    auto slice = single_slice<T>(addr, Permissions::Write);
+    if (!slice) [[unlikely]] {
+      return std::unexpected(slice.error());
+    }
+    // SAFETY: single_slice checked that the piece holds sizeof(T) bytes aligned to sizeof(T).
+    atomic_store(slice->unsafe_host_ptr(), value, order);
+    slice->bitmap().mark_dirty(0, sizeof(T));
+    return {};
+  }
+
+  /// Atomically loads a `T` from `addr` with memory order `order`.
+  /// Errors and preconditions: as `store`, with a valid load order.
+  template <AtomicAccess T>
+  GUESTMEM_ALWAYS_INLINE Result<T> load(Addr addr, std::memory_order order) const {
+    auto slice = single_slice<T>(addr, Permissions::Read);
+    if (!slice) [[unlikely]] {
+      return std::unexpected(slice.error());
+    }
+    // SAFETY: single_slice checked that the piece holds sizeof(T) bytes aligned to sizeof(T).
+    return atomic_load<T>(slice->unsafe_host_ptr(), order);
+  }
+
+  /// Reads up to `count` bytes from `src` into guest memory at `addr`, straight from the
+  /// source into guest memory (one readv-style call per batch of pieces when `src` is
+  /// vectored). Stops short at a hole, at the end of memory, or when `src` returns fewer
+  /// bytes than asked (end of file, a short pipe read).
+  /// Returns the bytes transferred. If `src` fails after some bytes were transferred, the
+  /// count is returned (as read(2) does) and the failure shows again on the next call.
+  /// Errors: the container's out-of-range error; IoError when `src` fails before moving any
+  /// byte; CallbackOutOfRange when `src` claims more bytes than it was offered.
+  template <ReadVolatile R>
+  Result<std::size_t> read_volatile_from(Addr addr, R& src, std::size_t count) const {
+    return keep_progress(transfer_in(addr, src, count));
+  }
+
+  /// Reads exactly `count` bytes from `src` into guest memory at `addr`, calling `src` again
+  /// after short reads.
+  /// Errors: the container's out-of-range error when `addr` is outside; PartialBuffer(count,
+  /// done) when the range or the source ends early; IoError or CallbackOutOfRange with
+  /// `completed()` = bytes transferred before the failure. Bytes transferred stay written.
+  template <ReadVolatile R>
+  Result<void> read_exact_volatile_from(Addr addr, R& src, std::size_t count) const {
+    return exact(addr, count, [&](Addr at, std::size_t n) { return transfer_in(at, src, n); });
+  }
+
+  /// Writes up to `count` bytes of guest memory at `addr` to `dst`, as `read_volatile_from`
+  /// in the other direction. Stops short when `dst` accepts fewer bytes than offered.
+  template <WriteVolatile W>
+  Result<std::size_t> write_volatile_to(Addr addr, W& dst, std::size_t count) const {
+    return keep_progress(transfer_out(addr, dst, count));
+  }
+
+  /// Writes exactly `count` bytes of guest memory at `addr` to `dst`, as
+  /// `read_exact_volatile_from` in the other direction.
+  template <WriteVolatile W>
+  Result<void> write_all_volatile_to(Addr addr, W& dst, std::size_t count) const {
+    return exact(addr, count, [&](Addr at, std::size_t n) { return transfer_out(at, dst, n); });
+  }
+
+ protected:
+  BytesMixin() = default;
+  ~BytesMixin() = default;
+  BytesMixin(const BytesMixin&) = default;
+  BytesMixin& operator=(const BytesMixin&) = default;
+
+ private:
+  // Pieces handed to one vectored call.
+  static constexpr std::size_t kBatch = 16;
+
+  [[nodiscard]] const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+
+  GUESTMEM_ALWAYS_INLINE static Result<void> all_or_partial(Result<std::size_t> moved, std::size_t expected) {
+    if (!moved) {
+      return std::unexpected(moved.error());
+    }
+    if (*moved != expected) {
+      return std::unexpected(Error::partial_buffer(expected, *moved));
+    }
+    return {};
+  }
+
+  static Result<std::size_t> keep_progress(Result<std::size_t> moved) {
+    if (!moved && moved.error().code() == ErrorCode::IoError && moved.error().completed() > 0) {
+      return moved.error().completed();
+    }
+    return moved;
+  }
+
+  // The copy loops behind read/write and the object accesses. `N` is the buffer's static
+  // extent: for objects it bounds every piece at compile time.
+  template <std::size_t N>
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> write_from(std::span<const std::byte, N> buf,
+                                                        Addr addr) const {
+    if (buf.empty()) {
+      return 0;
+    }
+    return for_each_slice(addr, buf.size(), Permissions::Write,
+                          [&](const auto& slice, std::size_t done) -> std::size_t {
+                            // The pieces add up to at most buf.size() bytes, so n is the
+                            // piece; the min() lets the compiler see the buffer bound.
+                            const std::size_t n = std::min(slice.size(), buf.size() - done);
+                            // SAFETY: `slice` is a live view of at least n bytes, and
+                            // done + n <= buf.size().
+                            write_guest<N>(slice.unsafe_host_ptr(), buf.data() + done, n);
+                            slice.bitmap().mark_dirty(0, n);
+                            return n;
+                          });
+  }
+
+  template <std::size_t N>
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> read_into(std::span<std::byte, N> buf,
+                                                       Addr addr) const {
+    if (buf.empty()) {
+      return 0;
+    }
+    return for_each_slice(addr, buf.size(), Permissions::Read,
+                          [&](const auto& slice, std::size_t done) -> std::size_t {
+                            const std::size_t n = std::min(slice.size(), buf.size() - done);
+                            // SAFETY: as in write_from, with the direction reversed.
+                            read_guest<N>(buf.data() + done, slice.unsafe_host_ptr(), n);
+                            return n;
+                          });
+  }
+
+  // Runs `step(slice, done)` over the pieces of [addr, addr + count); `done` is the number of
+  // bytes handled before the piece. `step` returns the bytes of the piece it handled, as
+  // std::size_t or Result<std::size_t>; fewer than the piece ends the walk. Returns the bytes
+  // handled. A failed step is returned with completed() = bytes handled before it.
+  // The first piece is handled inline (most accesses are one piece); the rest out of line.
+  template <class Step>
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> for_each_slice(Addr addr, std::size_t count,
+                                                            Permissions access,
+                                                            Step&& step) const {
+    auto slices = self().slices_for(addr, count, access);
+    if (!slices) [[unlikely]] {
+      return std::unexpected(slices.error());
+    }
+    auto first = slices->next();
+    if (!first->has_value()) [[unlikely]] {
+      return std::unexpected(first->error());
+    }
+    auto moved = run_step(step, **first, 0);
+    if (!moved) [[unlikely]] {
+      return moved;
+    }
+    if (*moved == count || *moved < (*first)->size()) [[likely]] {
+      return moved;
+    }
+    return continue_slices(*slices, *moved, step);
+  }
+
+  template <class Step, class Slice>
+  GUESTMEM_ALWAYS_INLINE static Result<std::size_t> run_step(Step& step, const Slice& slice,
+                                                             std::size_t done) {
+    if constexpr (std::is_same_v<decltype(step(slice, done)), std::size_t>) {
+      return step(slice, done);
+    } else {
+      auto result = step(slice, done);
+      if (!result) [[unlikely]] {
+        return std::unexpected(result.error().with_completed(done));
+      }
+      return *result;
+    }
+  }
+
+  // The pieces after the first, for accesses that cross into further regions.
+  template <class Iter, class Step>
+  [[gnu::noinline]] static Result<std::size_t> continue_slices(Iter& slices, std::size_t done,
+                                                               Step& step) {
+    while (auto item = slices.next()) {
+      if (!item->has_value()) {
+        break;
+      }
+      auto moved = run_step(step, **item, done);
+      if (!moved) {
+        return moved;
+      }
+      done += *moved;
+      if (*moved < (*item)->size()) {
+        break;
+      }
+    }
+    return done;
+  }
+
+  // The piece for a single access of sizeof(T) bytes at `addr`, checked for length and
+  // natural alignment.
+  template <class T>
+  GUESTMEM_ALWAYS_INLINE auto single_slice(Addr addr, Permissions access) const {
+    auto slices = self().slices_for(addr, sizeof(T), access);
+    using Slice = std::remove_cvref_t<decltype(**slices->next())>;
+    using Checked = Result<Slice>;
+    if (!slices) [[unlikely]] {
+      return Checked(std::unexpect, slices.error());
+    }
+    auto item = slices->next();
+    if (!item->has_value()) [[unlikely]] {
+      return Checked(std::unexpect, item->error());
+    }
+    if ((*item)->size() < sizeof(T)) [[unlikely]] {
+      return Checked(std::unexpect,
+                     self().single_access_error(ErrorCode::OutOfBounds, addr, sizeof(T)));
+    }
+    if (!is_aligned((*item)->unsafe_host_ptr(), sizeof(T))) [[unlikely]] {
+      return Checked(std::unexpect,
+                     self().single_access_error(ErrorCode::Misaligned, addr, sizeof(T)));
+    }
+    return Checked(std::move(**item));
+  }
+
+  template <ReadVolatile R>
+  Result<std::size_t> transfer_in(Addr addr, R& src, std::size_t count) const {
+    if (count == 0) {
+      return 0;
+    }
+    if constexpr (ReadVolatileVectored<R>) {
+      return vectored<true>(addr, count, Permissions::Write,
+                            [&](auto views) { return src.read_volatile_vectored(views); });
+    } else {
+      return for_each_slice(
+          addr, count, Permissions::Write,
+          [&](const auto& slice, std::size_t) -> Result<std::size_t> {
+            auto moved = src.read_volatile(untracked(slice));
+            if (moved && *moved > slice.size()) {
+              return std::unexpected(Error::callback_out_of_range(slice.size(), *moved));
+            }
+            if (moved) {
+              slice.bitmap().mark_dirty(0, *moved);
+            }
+            return moved;
+          });
+    }
+  }
+
+  template <WriteVolatile W>
+  Result<std::size_t> transfer_out(Addr addr, W& dst, std::size_t count) const {
+    if (count == 0) {
+      return 0;
+    }
+    if constexpr (WriteVolatileVectored<W>) {
+      return vectored<false>(addr, count, Permissions::Read,
+                             [&](auto views) { return dst.write_volatile_vectored(views); });
+    } else {
+      return for_each_slice(
+          addr, count, Permissions::Read,
+          [&](const auto& slice, std::size_t) -> Result<std::size_t> {
+            auto moved = dst.write_volatile(untracked(slice));
+            if (moved && *moved > slice.size()) {
+              return std::unexpected(Error::callback_out_of_range(slice.size(), *moved));
+            }
+            return moved;
+          });
+    }
+  }
+
+  // Hands the pieces of [addr, addr + count) to `call` in batches of up to kBatch views,
+  // stopping after a batch that was not transferred completely. With `kMarks`, the bytes
+  // transferred are reported to the pieces' bitmaps.
+  template <bool kMarks, class Call>
+  Result<std::size_t> vectored(Addr addr, std::size_t count, Permissions access,
+                               Call&& call) const {
+    auto slices = self().slices_for(addr, count, access);
+    if (!slices) [[unlikely]] {
+      return std::unexpected(slices.error());
+    }
+    using Slice = std::remove_cvref_t<decltype(**slices->next())>;
+    using View = decltype(untracked(std::declval<const Slice&>()));
+    std::size_t done = 0;
+    bool more = true;
+    while (more) {
+      std::array<View, kBatch> views{};
+      std::array<std::optional<Slice>, kBatch> pieces{};
+      std::size_t used = 0;
+      std::size_t offered = 0;
+      while (used < kBatch) {
+        auto item = slices->next();
+        if (!item || !item->has_value()) {
+          if (item && done == 0 && used == 0) {
+            return std::unexpected(item->error());
+          }
+          more = false;
+          break;
+        }
+        pieces[used].emplace(**item);
+        views[used] = untracked(**item);
+        offered += (**item).size();
+        ++used;
+      }
+      if (used == 0) {
+        break;
+      }
+      auto moved = call(std::span<const View>(views.data(), used));
+      if (!moved) {
+        return std::unexpected(moved.error().with_completed(done));
+      }
+      if (*moved > offered) {
+        return std::unexpected(Error::callback_out_of_range(offered, *moved).with_completed(done));
+      }
+      if constexpr (kMarks) {
+        std::size_t left = *moved;
+        for (std::size_t i = 0; i < used && left > 0; ++i) {
+          const std::size_t n = std::min(left, pieces[i]->size());
+          pieces[i]->bitmap().mark_dirty(0, n);
+          left -= n;
+        }
+      }
+      done += *moved;
+      if (*moved < offered) {
+        break;
+      }
+    }
+    return done;
+  }
+
+  // Repeats `transfer(at, n)` until `count` bytes are done.
+  template <class Transfer>
+  Result<void> exact(Addr addr, std::size_t count, Transfer&& transfer) const {
+    std::size_t done = 0;
+    while (done < count) {
+      auto moved = transfer(advance(addr, done), count - done);
+      if (!moved) {
+        const Error& error = moved.error();
+        if (error.code() == ErrorCode::IoError || error.code() == ErrorCode::CallbackOutOfRange) {
+          return std::unexpected(error.with_completed(done + error.completed()));
+        }
+        if (done == 0) {
+          return std::unexpected(error);
+        }
+        return std::unexpected(Error::partial_buffer(count, done));
+      }
+      if (*moved == 0) {
+        return std::unexpected(Error::partial_buffer(count, done));
+      }
+      done += *moved;
+    }
+    return {};
+  }
+};
+
+}  // namespace guestmem::detail
