@@ -1,0 +1,483 @@
+// guestmem: the guest's physical memory, a collection of regions.
+//
+// `GuestMemoryMmap` is an immutable, sorted set of non-overlapping `GuestRegionMmap`s with the
+// byte-access interface at guest physical addresses. An access may cross from one region into
+// an adjacent one (the first ends where the second starts); a hole or the end of memory ends
+// it. Lookups are O(log n) (a branch-free binary search over a dense array of region starts)
+// with a fast path that remembers the last region hit.
+//
+// The collection never changes: hot-plug makes a new one (insert_region, remove_region) that
+// shares the unchanged regions with the old one, which stays valid. Copies are cheap (they
+// share the regions) and safe to use from any number of threads.
+//
+//   auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 0x1000},
+//                                              {GuestAddress{0x1000}, 0x1000}});
+//   mem->write_obj(std::uint64_t{42}, GuestAddress{0xffc});   // crosses into region 2
+//   auto bigger = mem->insert_region(std::move(extra));       // mem is unchanged
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "guestmem/address.hpp"
+#include "guestmem/bitmap.hpp"
+#include "guestmem/detail/bytes_impl.hpp"
+#include "guestmem/error.hpp"
+#include "guestmem/guest_region.hpp"
+#include "guestmem/mmap_region.hpp"
+#include "guestmem/permissions.hpp"
+
+namespace guestmem {
+
+namespace detail {
+
+/// An input iterator over anything with `std::optional<Item> next()`.
+template <class Source>
+class NextIterator {
+ public:
+  using value_type = typename decltype(std::declval<Source&>().next())::value_type;
+  using difference_type = std::ptrdiff_t;
+
+  NextIterator() = default;
+  explicit NextIterator(Source* source) : source_(source), current_(source->next()) {}
+
+  const value_type& operator*() const { return *current_; }
+  const value_type* operator->() const { return &*current_; }
+  NextIterator& operator++() {
+    current_ = source_->next();
+    return *this;
+  }
+  void operator++(int) { ++*this; }
+  friend bool operator==(const NextIterator& it, std::default_sentinel_t) {
+    return !it.current_.has_value();
+  }
+
+ private:
+  Source* source_ = nullptr;
+  std::optional<value_type> current_;
+};
+
+}  // namespace detail
+
+/// One region to create: `size` bytes at `guest_base`, anonymous or from a file.
+struct RegionSpec {
+  GuestAddress guest_base;
+  std::size_t size = 0;
+  std::optional<FileOffset> file_offset;
+};
+
+template <Bitmap B = NoBitmap>
+class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddress> {
+ public:
+  using region_type = GuestRegionMmap<B>;
+  using slice_type = typename region_type::slice_type;
+  using RegionPtr = std::shared_ptr<const region_type>;
+
+  class SliceIterator;
+
+  /// An empty memory (no regions): every non-empty access fails with InvalidGuestAddress.
+  GuestMemoryMmap() = default;
+  /// Copies share the regions.
+  GuestMemoryMmap(const GuestMemoryMmap& other)
+      : regions_(other.regions_), starts_(other.starts_), slots_(other.slots_) {}
+  GuestMemoryMmap(GuestMemoryMmap&& other) noexcept
+      : regions_(std::move(other.regions_)),
+        starts_(std::move(other.starts_)),
+        slots_(std::move(other.slots_)) {}
+  GuestMemoryMmap& operator=(GuestMemoryMmap other) noexcept {
+    regions_.swap(other.regions_);
+    starts_.swap(other.starts_);
+    slots_.swap(other.slots_);
+    hint_.store(0, std::memory_order_relaxed);
+    return *this;
+  }
+  ~GuestMemoryMmap() = default;
+
+  /// Anonymous regions of the given sizes at the given addresses, in the given order.
+  /// Errors, first failure wins: per range in order, MappingFailed(EINVAL) for size 0 (or
+  /// another mmap failure) then InvalidGuestRegion when it would end past 2^64 - 1; then
+  /// NoMemoryRegion when there are none; then, per adjacent pair, UnsortedMemoryRegions or
+  /// MemoryRegionOverlap.
+  static Result<GuestMemoryMmap> from_ranges(
+      std::span<const std::pair<GuestAddress, std::size_t>> ranges)
+    requires NewBitmap<B>
+  {
+    std::vector<RegionPtr> regions;
+    regions.reserve(ranges.size());
+    for (const auto& [base, size] : ranges) {
+      auto region = make_region(MmapRegion<B>::create(size), base);
+      if (!region) {
+        return std::unexpected(region.error());
+      }
+      regions.push_back(std::move(*region));
+    }
+    return from_arc_regions(std::move(regions));
+  }
+  static Result<GuestMemoryMmap> from_ranges(
+      std::initializer_list<std::pair<GuestAddress, std::size_t>> ranges)
+    requires NewBitmap<B>
+  {
+    return from_ranges(std::span(ranges.begin(), ranges.size()));
+  }
+
+  /// As from_ranges, with a file (shared mapping) for the ranges that have one.
+  /// Errors: as from_ranges, plus the file errors of MmapRegion::from_file.
+  static Result<GuestMemoryMmap> from_ranges_with_files(std::span<const RegionSpec> ranges)
+    requires NewBitmap<B>
+  {
+    std::vector<RegionPtr> regions;
+    regions.reserve(ranges.size());
+    for (const RegionSpec& spec : ranges) {
+      auto mapping = spec.file_offset ? MmapRegion<B>::from_file(*spec.file_offset, spec.size)
+                                      : MmapRegion<B>::create(spec.size);
+      auto region = make_region(std::move(mapping), spec.guest_base);
+      if (!region) {
+        return std::unexpected(region.error());
+      }
+      regions.push_back(std::move(*region));
+    }
+    return from_arc_regions(std::move(regions));
+  }
+
+  /// A memory of these regions, which must be sorted and must not overlap.
+  /// Errors: NoMemoryRegion, UnsortedMemoryRegions, MemoryRegionOverlap.
+  static Result<GuestMemoryMmap> from_regions(std::vector<region_type> regions) {
+    std::vector<RegionPtr> shared;
+    shared.reserve(regions.size());
+    for (auto& region : regions) {
+      shared.push_back(std::make_shared<const region_type>(std::move(region)));
+    }
+    return from_arc_regions(std::move(shared));
+  }
+
+  /// As from_regions, for regions that may also belong to other memories.
+  static Result<GuestMemoryMmap> from_arc_regions(std::vector<RegionPtr> regions) {
+    if (regions.empty()) {
+      return std::unexpected(Error(ErrorCode::NoMemoryRegion));
+    }
+    for (std::size_t i = 1; i < regions.size(); ++i) {
+      const region_type& prev = *regions[i - 1];
+      const region_type& next = *regions[i];
+      if (prev.start_addr() > next.start_addr()) {
+        return std::unexpected(
+            Error::at(ErrorCode::UnsortedMemoryRegions, next.start_addr().raw_value()));
+      }
+      if (prev.last_addr() >= next.start_addr()) {
+        return std::unexpected(
+            Error::at(ErrorCode::MemoryRegionOverlap, next.start_addr().raw_value()));
+      }
+    }
+    return GuestMemoryMmap(std::move(regions));
+  }
+
+  /// A new memory with `region` added; this one is unchanged.
+  /// Errors: MemoryRegionOverlap when it overlaps a region already present.
+  [[nodiscard]] Result<GuestMemoryMmap> insert_region(RegionPtr region) const {
+    std::vector<RegionPtr> regions = regions_;
+    auto at = std::upper_bound(regions.begin(), regions.end(), region->start_addr(),
+                               [](GuestAddress a, const RegionPtr& r) { return a < r->start_addr(); });
+    regions.insert(at, std::move(region));
+    return from_arc_regions(std::move(regions));
+  }
+
+  /// A new memory without the region that starts at `base` and is `size` bytes long, and that
+  /// region; this memory is unchanged. Removing the last region gives an empty memory.
+  /// Errors: InvalidGuestRegion(base, size) when no region matches exactly.
+  [[nodiscard]] Result<std::pair<GuestMemoryMmap, RegionPtr>> remove_region(
+      GuestAddress base, GuestUsize size) const {
+    const std::size_t index = find_index(base);
+    if (index == kNone || starts_[index] != base.raw_value() || slots_[index].size != size) {
+      return std::unexpected(Error::at(ErrorCode::InvalidGuestRegion, base.raw_value(), size));
+    }
+    std::vector<RegionPtr> regions = regions_;
+    RegionPtr removed = regions[index];
+    regions.erase(regions.begin() + static_cast<std::ptrdiff_t>(index));
+    return std::pair{GuestMemoryMmap(std::move(regions)), std::move(removed)};
+  }
+
+  [[nodiscard]] std::size_t num_regions() const noexcept { return regions_.size(); }
+
+  /// The region holding `addr`, or nullptr. Validity: while this memory (or another holder
+  /// of the region) is alive.
+  [[nodiscard]] const region_type* find_region(GuestAddress addr) const noexcept {
+    const std::size_t index = find_index(addr);
+    return index == kNone ? nullptr : slots_[index].region;
+  }
+
+  /// The regions in address order, as `const region_type&`.
+  [[nodiscard]] auto regions() const noexcept {
+    return std::views::transform(regions_, [](const RegionPtr& r) -> const region_type& { return *r; });
+  }
+  /// The same as regions(), under the reference API's name.
+  [[nodiscard]] auto iter() const noexcept { return regions(); }
+  /// The shared owners of the regions, in address order (for hot-plug and snapshots).
+  [[nodiscard]] std::span<const RegionPtr> region_ptrs() const noexcept { return regions_; }
+
+  /// The highest address in any region, or GuestAddress{0} when there are none.
+  [[nodiscard]] GuestAddress last_addr() const noexcept {
+    return regions_.empty() ? GuestAddress{0} : regions_.back()->last_addr();
+  }
+
+  /// The region holding `addr` and the offset of `addr` in it.
+  [[nodiscard]] std::optional<std::pair<const region_type*, MemoryRegionAddress>> to_region_addr(
+      GuestAddress addr) const noexcept {
+    const std::size_t index = find_index(addr);
+    if (index == kNone) {
+      return std::nullopt;
+    }
+    return std::pair{slots_[index].region, MemoryRegionAddress{addr.raw_value() - starts_[index]}};
+  }
+
+  [[nodiscard]] bool address_in_range(GuestAddress addr) const noexcept {
+    return find_index(addr) != kNone;
+  }
+  /// `addr` if some region holds it.
+  [[nodiscard]] std::optional<GuestAddress> check_address(GuestAddress addr) const noexcept {
+    return address_in_range(addr) ? std::optional(addr) : std::nullopt;
+  }
+  /// `base + offset` if it does not overflow and some region holds it.
+  [[nodiscard]] std::optional<GuestAddress> checked_offset(GuestAddress base,
+                                                           std::size_t offset) const noexcept {
+    auto sum = base.checked_add(offset);
+    return sum ? check_address(*sum) : std::nullopt;
+  }
+
+  /// True when all of [base, base + len) is in memory (regions may be adjacent); true for
+  /// len == 0 wherever `base` points.
+  [[nodiscard]] bool check_range(GuestAddress base, std::size_t len) const noexcept {
+    auto slices = get_slices(base, len);
+    std::size_t total = 0;
+    while (auto item = slices.next()) {
+      if (!item->has_value()) {
+        return false;
+      }
+      total += (*item)->size();
+    }
+    return total == len;
+  }
+  /// As above; plain memory allows every access, so `access` is not consulted.
+  [[nodiscard]] bool check_range(GuestAddress base, std::size_t len,
+                                 Permissions /*access*/) const noexcept {
+    return check_range(base, len);
+  }
+
+  /// The host address of `addr`. Writes through it are not reported to the dirty bitmap.
+  /// Errors: InvalidGuestAddress. Validity: while the region holding it is alive.
+  [[nodiscard]] Result<std::uint8_t*> get_host_address(GuestAddress addr) const noexcept {
+    auto found = to_region_addr(addr);
+    if (!found) {
+      return std::unexpected(Error::invalid_guest_address(addr));
+    }
+    return found->first->get_host_address(found->second);
+  }
+
+  /// A view of `count` bytes at `addr`, which must lie in one region.
+  /// Errors: InvalidGuestAddress when no region holds `addr`; InvalidBackendAddress when the
+  /// range runs past the end of that region (use get_slices to cross regions).
+  /// Validity: while the region is alive.
+  [[nodiscard]] Result<slice_type> get_slice(GuestAddress addr, std::size_t count) const noexcept {
+    auto found = to_region_addr(addr);
+    if (!found) {
+      return std::unexpected(Error::invalid_guest_address(addr));
+    }
+    return found->first->get_slice(found->second, count);
+  }
+
+  /// The views that together cover [addr, addr + count), one per region crossed. Items are
+  /// Result<slice_type>: without an error the sizes add up to `count`; the first hole gives an
+  /// InvalidGuestAddress item and ends the sequence. count == 0 gives no items.
+  /// Validity: the iterator and its views, while this memory is alive.
+  [[nodiscard]] SliceIterator get_slices(GuestAddress addr, std::size_t count) const noexcept {
+    return SliceIterator(this, addr, count);
+  }
+  /// As above; plain memory allows every access, so this never fails.
+  [[nodiscard]] Result<SliceIterator> get_slices(GuestAddress addr, std::size_t count,
+                                                 Permissions /*access*/) const noexcept {
+    return SliceIterator(this, addr, count);
+  }
+
+  /// This memory: there is no translation layer above it.
+  [[nodiscard]] const GuestMemoryMmap* physical_memory() const noexcept { return this; }
+
+ private:
+  friend class detail::BytesMixin<GuestMemoryMmap, GuestAddress>;
+
+  static constexpr std::size_t kNone = ~std::size_t{0};
+
+  // What an access needs of a region, packed so that a hit touches one cache line.
+  struct Slot {
+    std::uint64_t size;
+    std::uint8_t* host;
+    const region_type* region;
+  };
+
+  explicit GuestMemoryMmap(std::vector<RegionPtr> regions) : regions_(std::move(regions)) {
+    starts_.reserve(regions_.size());
+    slots_.reserve(regions_.size());
+    for (const RegionPtr& r : regions_) {
+      starts_.push_back(r->start_addr().raw_value());
+      slots_.push_back(Slot{r->len(), r->mapping().unsafe_host_ptr(), r.get()});
+    }
+  }
+
+  static Result<RegionPtr> make_region(Result<MmapRegion<B>> mapping, GuestAddress base) {
+    if (!mapping) {
+      return std::unexpected(mapping.error());
+    }
+    auto region = region_type::create(std::move(*mapping), base);
+    if (!region) {
+      return std::unexpected(region.error());
+    }
+    return std::make_shared<const region_type>(std::move(*region));
+  }
+
+  // The index of the region holding `addr`, or kNone.
+  [[nodiscard]] GUESTMEM_ALWAYS_INLINE std::size_t find_index(GuestAddress addr) const noexcept {
+    const std::uint64_t a = addr.raw_value();
+    const std::size_t n = starts_.size();
+    const std::size_t hint = hint_.load(std::memory_order_relaxed);
+    if (hint < n && a - starts_[hint] < slots_[hint].size) [[likely]] {
+      return hint;
+    }
+    if (n == 0) {
+      return kNone;
+    }
+    // Branch-free: the loads of consecutive lookups do not wait on a mispredicted branch.
+    const std::uint64_t* base = starts_.data();
+    std::size_t len = n;
+    while (len > 1) {
+      const std::size_t half = len / 2;
+      base += (base[half] <= a) ? half : 0;
+      len -= half;
+    }
+    const auto index = static_cast<std::size_t>(base - starts_.data());
+    if (a - *base >= slots_[index].size) {
+      return kNone;
+    }
+    if (index != hint) {
+      hint_.store(index, std::memory_order_relaxed);
+    }
+    return index;
+  }
+
+  // Byte-access hook: the pieces of [addr, addr + count).
+  GUESTMEM_ALWAYS_INLINE Result<SliceIterator> slices_for(GuestAddress addr, std::size_t count,
+                                   Permissions /*access*/) const noexcept {
+    return SliceIterator(this, addr, count);
+  }
+
+  // Byte-access hook: single accesses that cross a region end or are misaligned.
+  Error single_access_error(ErrorCode /*reason*/, GuestAddress addr,
+                            std::size_t /*size*/) const noexcept {
+    return Error::invalid_backend_address(addr.raw_value());
+  }
+
+  std::vector<RegionPtr> regions_;
+  std::vector<std::uint64_t> starts_;
+  std::vector<Slot> slots_;
+  // The last region found; a racy cache, so relaxed loads and stores are enough.
+  mutable std::atomic<std::size_t> hint_{0};
+};
+
+/// The pieces of a guest range, one per region crossed (see GuestMemoryMmap::get_slices).
+template <Bitmap B>
+class GuestMemoryMmap<B>::SliceIterator {
+ public:
+  SliceIterator(const GuestMemoryMmap* memory, GuestAddress addr, std::size_t count) noexcept
+      : memory_(memory), addr_(addr.raw_value()), count_(count) {}
+
+  /// The next piece, an error (after which nothing follows), or std::nullopt at the end.
+  GUESTMEM_ALWAYS_INLINE std::optional<Result<slice_type>> next() noexcept {
+    if (count_ == 0) {
+      return std::nullopt;
+    }
+    std::size_t index;
+    if (index_ == kNone) {
+      index = memory_->find_index(GuestAddress{addr_});
+    } else {
+      // The previous piece ended at its region's end; only an adjacent region continues.
+      index = index_ + 1;
+      if (index == memory_->starts_.size() || memory_->starts_[index] != addr_) {
+        index = kNone;
+      }
+    }
+    if (index == kNone) {
+      count_ = 0;
+      return Result<slice_type>(std::unexpect, Error::invalid_guest_address(GuestAddress{addr_}));
+    }
+    const Slot& slot = memory_->slots_[index];
+    const std::uint64_t offset = addr_ - memory_->starts_[index];
+    const std::size_t len = std::min<std::uint64_t>(count_, slot.size - offset);
+    index_ = index;
+    count_ -= len;
+    // Cannot wrap: a region's exclusive end fits in 64 bits.
+    addr_ += len;
+    // SAFETY: [offset, offset + len) lies inside the region, which the memory keeps alive.
+    return Result<slice_type>(slice_type::from_raw_parts(slot.host + offset, len,
+                                                         slot.region->bitmap().slice_at(offset)));
+  }
+
+  /// The pieces as a range of Result<slice_type>.
+  detail::NextIterator<SliceIterator> begin() { return detail::NextIterator<SliceIterator>(this); }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+  class StopOnError;
+
+  /// Ends the sequence quietly at the first error after at least one piece.
+  /// Errors: the first item's error, when the very first piece is missing.
+  Result<StopOnError> stop_on_error() && {
+    auto first = next();
+    if (first && !first->has_value()) {
+      return std::unexpected(first->error());
+    }
+    std::optional<slice_type> head;
+    if (first) {
+      head.emplace(std::move(**first));
+    }
+    return StopOnError(std::move(*this), std::move(head));
+  }
+
+ private:
+  const GuestMemoryMmap* memory_;
+  std::uint64_t addr_;
+  std::size_t count_;
+  std::size_t index_ = kNone;
+};
+
+/// A sequence of pieces that ends at the end of the range or at the first hole.
+template <Bitmap B>
+class GuestMemoryMmap<B>::SliceIterator::StopOnError {
+ public:
+  StopOnError(SliceIterator rest, std::optional<slice_type> head) noexcept
+      : rest_(std::move(rest)), head_(std::move(head)) {}
+
+  std::optional<slice_type> next() noexcept {
+    if (head_) {
+      return std::exchange(head_, std::nullopt);
+    }
+    auto item = rest_.next();
+    if (!item || !item->has_value()) {
+      return std::nullopt;
+    }
+    return std::move(**item);
+  }
+
+  detail::NextIterator<StopOnError> begin() { return detail::NextIterator<StopOnError>(this); }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  SliceIterator rest_;
+  std::optional<slice_type> head_;
+};
+
+}  // namespace guestmem

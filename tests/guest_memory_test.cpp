@@ -1,0 +1,768 @@
+#include "guestmem/guest_memory.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "guestmem/io.hpp"
+#include "test_support.hpp"
+
+namespace guestmem {
+namespace {
+
+using testing::bytes;
+using testing::Marks;
+using testing::pattern;
+using testing::RecordingBitmap;
+
+constexpr std::uint64_t kTop = std::numeric_limits<std::uint64_t>::max();
+
+GuestMemoryMmap<> make(std::initializer_list<std::pair<GuestAddress, std::size_t>> ranges) {
+  auto mem = GuestMemoryMmap<>::from_ranges(ranges);
+  EXPECT_TRUE(mem.has_value()) << mem.error();
+  return mem.has_value() ? std::move(*mem) : GuestMemoryMmap<>();
+}
+
+// ---------------------------------------------------------------- construction
+
+TEST(GuestMemoryMmap, FromRangesAndIteration) {
+  auto mem = make({{GuestAddress{0x0}, 1024}, {GuestAddress{0x400}, 2048}});
+  EXPECT_EQ(mem.num_regions(), 2u);
+  std::uint64_t kib = 0;
+  for (const auto& region : mem.regions()) {
+    kib += region.len() / 1024;
+  }
+  EXPECT_EQ(kib, 3u);
+  EXPECT_EQ(mem.last_addr(), GuestAddress{0xbff});
+  EXPECT_EQ(mem.region_ptrs().size(), 2u);
+}
+
+TEST(GuestMemoryMmap, LastAddr) {
+  auto mem = make({{GuestAddress{0x1000}, 0x400}});
+  EXPECT_EQ(GuestAddress{0x1000}.checked_add(0x3ff), mem.last_addr());
+  EXPECT_EQ(GuestMemoryMmap<>().last_addr(), GuestAddress{0});
+}
+
+TEST(GuestMemoryMmap, ZeroSizedRegionIsAMappingFailure) {
+  auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 0x1000}, {GuestAddress{0x1000}, 0}});
+  ASSERT_FALSE(mem.has_value());
+  EXPECT_EQ(mem.error().code(), ErrorCode::MappingFailed);
+  EXPECT_EQ(mem.error().os_error(), EINVAL);
+}
+
+TEST(GuestMemoryMmap, NoRegions) {
+  auto mem = GuestMemoryMmap<>::from_ranges(std::span<const std::pair<GuestAddress, std::size_t>>{});
+  EXPECT_EQ(mem.error(), Error(ErrorCode::NoMemoryRegion));
+  EXPECT_EQ(GuestMemoryMmap<>::from_regions({}).error(), Error(ErrorCode::NoMemoryRegion));
+}
+
+TEST(GuestMemoryMmap, OverlappingRegions) {
+  auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 0x1000}, {GuestAddress{0xfff}, 0x1000}});
+  EXPECT_EQ(mem.error(), Error::at(ErrorCode::MemoryRegionOverlap, 0xfff));
+  auto same = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 0x10}, {GuestAddress{0}, 0x10}});
+  EXPECT_EQ(same.error().code(), ErrorCode::MemoryRegionOverlap);
+}
+
+TEST(GuestMemoryMmap, UnsortedRegions) {
+  auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0x1000}, 0x1000}, {GuestAddress{0}, 0x10}});
+  EXPECT_EQ(mem.error(), Error::at(ErrorCode::UnsortedMemoryRegions, 0));
+}
+
+TEST(GuestMemoryMmap, RegionEndingPastTheTopOfTheAddressSpace) {
+  auto past = GuestMemoryMmap<>::from_ranges({{GuestAddress{kTop - 0xfff}, 0x1000}});
+  EXPECT_EQ(past.error(), Error::at(ErrorCode::InvalidGuestRegion, kTop - 0xfff, 0x1000));
+  auto wraps = GuestMemoryMmap<>::from_ranges({{GuestAddress{kTop - 0xf}, 0x1000}});
+  EXPECT_EQ(wraps.error().code(), ErrorCode::InvalidGuestRegion);
+  auto below = GuestMemoryMmap<>::from_ranges({{GuestAddress{kTop - 0x1000}, 0x1000}});
+  ASSERT_TRUE(below.has_value());
+  EXPECT_EQ(below->last_addr(), GuestAddress{kTop - 1});
+}
+
+TEST(GuestMemoryMmap, FileTooShortForTheMapping) {
+  std::vector<RegionSpec> specs;
+  specs.push_back(RegionSpec{GuestAddress{0}, 0x2000, FileOffset(testing::memfd(0x1000), 0)});
+  auto mem = GuestMemoryMmap<>::from_ranges_with_files(specs);
+  EXPECT_EQ(mem.error(), Error::mapping_past_eof(0, 0x2000, 0x1000));
+  specs[0] = RegionSpec{GuestAddress{0}, 0x1000, FileOffset(testing::memfd(0x1800), 0x1000)};
+  EXPECT_EQ(GuestMemoryMmap<>::from_ranges_with_files(specs).error(),
+            Error::mapping_past_eof(0x1000, 0x1000, 0x1800));
+}
+
+TEST(GuestMemoryMmap, FromRangesWithFiles) {
+  UniqueFd fd = testing::memfd(0x3000);
+  const auto data = pattern(16, 0x40);
+  ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 0x1000), 16);
+  std::vector<RegionSpec> specs;
+  specs.push_back(RegionSpec{GuestAddress{0}, 0x1000, std::nullopt});
+  specs.push_back(RegionSpec{GuestAddress{0x1000}, 0x2000, FileOffset(std::move(fd), 0x1000)});
+  auto mem = GuestMemoryMmap<>::from_ranges_with_files(specs);
+  ASSERT_TRUE(mem.has_value()) << mem.error();
+  EXPECT_EQ(mem->find_region(GuestAddress{0})->file_offset(), nullptr);
+  const FileOffset* file = mem->find_region(GuestAddress{0x1000})->file_offset();
+  ASSERT_NE(file, nullptr);
+  EXPECT_EQ(file->start(), 0x1000u);
+  EXPECT_EQ(mem->read_obj<std::uint8_t>(GuestAddress{0x1000}), 0x40u);
+  ASSERT_TRUE(mem->write_obj(std::uint32_t{0xfeedface}, GuestAddress{0x2000}).has_value());
+  std::uint32_t in_file = 0;
+  ASSERT_EQ(::pread(file->fd(), &in_file, 4, 0x2000), 4);
+  EXPECT_EQ(in_file, 0xfeedfaceu);
+}
+
+TEST(GuestMemoryMmap, FromRegionsAndIsHugetlbfs) {
+  std::vector<GuestRegionMmap<>> regions;
+  regions.push_back(*GuestRegionMmap<>::create(*MmapRegion<>::create(0x1000), GuestAddress{0x1000}));
+  auto mem = GuestMemoryMmap<>::from_regions(std::move(regions));
+  ASSERT_TRUE(mem.has_value());
+  const auto* region = mem->find_region(GuestAddress{0x1000});
+  ASSERT_NE(region, nullptr);
+  EXPECT_EQ(region->is_hugetlbfs(), std::nullopt);
+}
+
+// ---------------------------------------------------------------- seed examples
+
+TEST(GuestMemoryMmap, WriteAt0x1200AndReadBack) {
+  auto mem = make({{GuestAddress{0x1000}, 0x400}});
+  EXPECT_EQ(mem.write(bytes(1, 2, 3, 4, 5), GuestAddress{0x1200}), 5u);
+  std::array<std::byte, 16> buf{};
+  EXPECT_EQ(mem.read(buf, GuestAddress{0x1200}), 16u);
+  EXPECT_EQ(buf[0], std::byte{1});
+  EXPECT_EQ(buf[4], std::byte{5});
+  EXPECT_EQ(buf[5], std::byte{0});
+  ASSERT_TRUE(mem.write_slice(bytes(1, 2, 3, 4, 5), GuestAddress{0x1000}).has_value());
+  ASSERT_TRUE(mem.read_slice(buf, GuestAddress{0x1000}).has_value());
+  EXPECT_EQ(buf[4], std::byte{5});
+}
+
+TEST(GuestMemoryMmap, GetHostAddressExample) {
+  auto mem = make({{GuestAddress{0x1000}, 0x500}});
+  auto host = mem.get_host_address(GuestAddress{0x1200});
+  ASSERT_TRUE(host.has_value());
+  EXPECT_EQ(*host, mem.find_region(GuestAddress{0x1000})->mapping().unsafe_host_ptr() + 0x200);
+  EXPECT_EQ(mem.get_host_address(GuestAddress{0x1500}).error(),
+            Error::invalid_guest_address(GuestAddress{0x1500}));
+}
+
+TEST(GuestMemoryMmap, ReadFromDevUrandomThenReadObj) {
+  auto mem = make({{GuestAddress{0x1000}, 0x400}});
+  UniqueFd urandom{::open("/dev/urandom", O_RDONLY | O_CLOEXEC)};
+  ASSERT_TRUE(urandom.valid());
+  BorrowedFd src{urandom};
+  const GuestAddress addr{0x1100};
+  EXPECT_EQ(mem.read_volatile_from(addr, src, 128), 128u);
+  ASSERT_TRUE(mem.read_exact_volatile_from(addr, src, 128).has_value());
+  std::array<std::byte, 128> copy{};
+  ASSERT_TRUE(mem.read_slice(copy, addr).has_value());
+  auto value = mem.read_obj<std::uint32_t>(*addr.checked_add(8));
+  ASSERT_TRUE(value.has_value());
+  std::uint32_t expected = 0;
+  std::memcpy(&expected, copy.data() + 8, 4);
+  EXPECT_EQ(*value, expected);
+  EXPECT_TRUE(std::any_of(copy.begin(), copy.end(), [](std::byte b) { return b != std::byte{0}; }));
+}
+
+TEST(GuestMemoryMmap, WriteVolatileToDevNull) {
+  auto mem = make({{GuestAddress{0x1000}, 0x400}});
+  UniqueFd null{::open("/dev/null", O_WRONLY | O_CLOEXEC)};
+  ASSERT_TRUE(null.valid());
+  BorrowedFd dst{null};
+  EXPECT_EQ(mem.write_volatile_to(GuestAddress{0x1000}, dst, 128), 128u);
+  ASSERT_TRUE(mem.write_all_volatile_to(GuestAddress{0x1000}, dst, 128).has_value());
+}
+
+TEST(GuestMemoryMmap, CheckedReadFromAcrossTwoRegions) {
+  auto mem = make({{GuestAddress{0x0}, 64}, {GuestAddress{0x40}, 64}});
+  const auto image = pattern(0x80);
+  SpanReader src{image};
+  EXPECT_EQ(mem.read_volatile_from(GuestAddress{0x30}, src, 0x20), 0x20u);
+  std::array<std::byte, 0x20> back{};
+  ASSERT_TRUE(mem.read_slice(back, GuestAddress{0x30}).has_value());
+  EXPECT_TRUE(std::equal(back.begin(), back.end(), image.begin()));
+  EXPECT_EQ(src.remaining().size(), 0x60u);
+}
+
+TEST(GuestMemoryMmap, ZeroLengthAccessesSucceedWhereverTheyPoint) {
+  auto mem = make({{GuestAddress{0x1000}, 0x1000}});
+  const auto image = pattern(0x80);
+  for (GuestAddress addr : {GuestAddress{0x1000}, GuestAddress{0x0}, GuestAddress{0x5000},
+                            GuestAddress{kTop}}) {
+    SCOPED_TRACE(to_string(addr));
+    EXPECT_EQ(mem.write({}, addr), 0u);
+    EXPECT_EQ(mem.read({}, addr), 0u);
+    EXPECT_TRUE(mem.write_slice({}, addr).has_value());
+    EXPECT_TRUE(mem.read_slice({}, addr).has_value());
+    EXPECT_TRUE(mem.check_range(addr, 0));
+    SpanReader src{image};
+    EXPECT_EQ(mem.read_volatile_from(addr, src, 0), 0u);
+    EXPECT_TRUE(mem.read_exact_volatile_from(addr, src, 0).has_value());
+    std::vector<std::byte> out;
+    VectorWriter dst{out};
+    EXPECT_EQ(mem.write_volatile_to(addr, dst, 0), 0u);
+    EXPECT_TRUE(mem.write_all_volatile_to(addr, dst, 0).has_value());
+    EXPECT_TRUE(out.empty());
+    EXPECT_FALSE(mem.get_slices(addr, 0).next().has_value());
+  }
+}
+
+TEST(GuestMemoryMmap, AtomicAccesses) {
+  const GuestAddress addr{0x1000};
+  auto mem = make({{addr, 0x1000}});
+  const GuestAddress bad = addr.unchecked_add(0x1000);
+  EXPECT_EQ(mem.load<std::uint32_t>(addr, std::memory_order_relaxed), 0u);
+  ASSERT_TRUE(mem.store<std::uint32_t>(100, addr, std::memory_order_relaxed).has_value());
+  EXPECT_EQ(mem.load<std::uint32_t>(addr, std::memory_order_relaxed), 100u);
+  EXPECT_EQ(mem.load<std::uint32_t>(bad, std::memory_order_relaxed).error(),
+            Error::invalid_guest_address(bad));
+  EXPECT_EQ(mem.store<std::uint32_t>(1, bad, std::memory_order_relaxed).error(),
+            Error::invalid_guest_address(bad));
+  // Misaligned, and crossing the end of the region.
+  EXPECT_EQ(mem.load<std::uint64_t>(GuestAddress{0x1004}, std::memory_order_relaxed).error(),
+            Error::invalid_backend_address(0x1004));
+  EXPECT_EQ(mem.store<std::uint16_t>(1, GuestAddress{0x1fff}, std::memory_order_relaxed).error(),
+            Error::invalid_backend_address(0x1fff));
+  // Every width, every order that fits the operation.
+  ASSERT_TRUE(mem.store<std::uint8_t>(0xab, GuestAddress{0x1003}, std::memory_order_seq_cst));
+  ASSERT_TRUE(mem.store<std::uint16_t>(0xcdef, GuestAddress{0x1006}, std::memory_order_release));
+  ASSERT_TRUE(mem.store<std::uint64_t>(0x0102030405060708, GuestAddress{0x1008},
+                                       std::memory_order_relaxed));
+  EXPECT_EQ(mem.load<std::uint8_t>(GuestAddress{0x1003}, std::memory_order_acquire), 0xabu);
+  EXPECT_EQ(mem.load<std::uint16_t>(GuestAddress{0x1006}, std::memory_order_seq_cst), 0xcdefu);
+  EXPECT_EQ(mem.load<std::int64_t>(GuestAddress{0x1008}, std::memory_order_consume),
+            0x0102030405060708);
+}
+
+TEST(GuestMemoryMmap, AtomicAlignmentIsRelativeToTheRegion) {
+  auto mem = make({{GuestAddress{0x1001}, 0x1000}});
+  EXPECT_TRUE(mem.store<std::uint32_t>(7, GuestAddress{0x1001}, std::memory_order_relaxed));
+  EXPECT_EQ(mem.load<std::uint32_t>(GuestAddress{0x1004}, std::memory_order_relaxed).error(),
+            Error::invalid_backend_address(0x1004));
+  EXPECT_EQ(mem.load<std::uint32_t>(GuestAddress{0x1005}, std::memory_order_relaxed), 0u);
+}
+
+// ---------------------------------------------------------------- crossing regions
+
+TEST(GuestMemoryMmap, AccessesCrossAdjacentRegions) {
+  auto mem = make({{GuestAddress{0}, 0x1000}, {GuestAddress{0x1000}, 0x1000},
+                   {GuestAddress{0x2000}, 0x1000}});
+  const auto data = pattern(0x1100, 3);
+  ASSERT_TRUE(mem.write_slice(data, GuestAddress{0xf80}).has_value());
+  std::vector<std::byte> back(data.size());
+  ASSERT_TRUE(mem.read_slice(back, GuestAddress{0xf80}).has_value());
+  EXPECT_EQ(back, data);
+  ASSERT_TRUE(mem.write_obj(std::uint64_t{0x1122334455667788}, GuestAddress{0x1ffc}).has_value());
+  EXPECT_EQ(mem.read_obj<std::uint64_t>(GuestAddress{0x1ffc}), 0x1122334455667788u);
+  EXPECT_EQ(mem.read_obj<std::uint32_t>(GuestAddress{0x2000}), 0x11223344u);
+}
+
+TEST(GuestMemoryMmap, AHoleEndsAnAccess) {
+  auto mem = make({{GuestAddress{0}, 0x1000}, {GuestAddress{0x1001}, 0x1000}});
+  EXPECT_EQ(mem.write(pattern(8), GuestAddress{0xffc}), 4u);
+  EXPECT_EQ(mem.write_obj(std::uint64_t{1}, GuestAddress{0xffc}).error(),
+            Error::partial_buffer(8, 4));
+  EXPECT_EQ(mem.read_obj<std::uint64_t>(GuestAddress{0x1000}).error(),
+            Error::invalid_guest_address(GuestAddress{0x1000}));
+  EXPECT_FALSE(mem.check_range(GuestAddress{0xfff}, 2));
+  EXPECT_TRUE(mem.check_range(GuestAddress{0x1001}, 0x1000));
+  EXPECT_FALSE(mem.check_range(GuestAddress{0x1001}, 0x1001));
+}
+
+TEST(GuestMemoryMmap, GetSlicesAndStopOnError) {
+  auto mem = make({{GuestAddress{0}, 0x1000}, {GuestAddress{0x1000}, 0x1000},
+                   {GuestAddress{0x3000}, 0x1000}});
+  std::vector<std::size_t> sizes;
+  for (const auto& item : mem.get_slices(GuestAddress{0x800}, 0x1000)) {
+    ASSERT_TRUE(item.has_value());
+    sizes.push_back(item->size());
+  }
+  EXPECT_EQ(sizes, (std::vector<std::size_t>{0x800, 0x800}));
+
+  auto into_hole = mem.get_slices(GuestAddress{0x1800}, 0x1000);
+  auto first = into_hole.next();
+  ASSERT_TRUE(first && first->has_value());
+  EXPECT_EQ((*first)->size(), 0x800u);
+  auto second = into_hole.next();
+  ASSERT_TRUE(second && !second->has_value());
+  EXPECT_EQ(second->error(), Error::invalid_guest_address(GuestAddress{0x2000}));
+  EXPECT_FALSE(into_hole.next().has_value()) << "nothing after an error";
+
+  auto stopped = mem.get_slices(GuestAddress{0x1800}, 0x1000).stop_on_error();
+  ASSERT_TRUE(stopped.has_value());
+  std::size_t total = 0;
+  for (const auto& slice : *stopped) {
+    total += slice.size();
+  }
+  EXPECT_EQ(total, 0x800u);
+  auto nothing = mem.get_slices(GuestAddress{0x2000}, 0x10).stop_on_error();
+  EXPECT_EQ(nothing.error(), Error::invalid_guest_address(GuestAddress{0x2000}));
+
+  auto with_access = mem.get_slices(GuestAddress{0}, 0x10, Permissions::Write);
+  ASSERT_TRUE(with_access.has_value());
+  EXPECT_EQ((*with_access->next())->size(), 0x10u);
+}
+
+TEST(GuestMemoryMmap, GetSliceStaysInOneRegion) {
+  auto mem = make({{GuestAddress{0}, 0x1000}, {GuestAddress{0x1000}, 0x1000}});
+  auto slice = mem.get_slice(GuestAddress{0x800}, 0x800);
+  ASSERT_TRUE(slice.has_value());
+  EXPECT_EQ(slice->size(), 0x800u);
+  EXPECT_EQ(mem.get_slice(GuestAddress{0x800}, 0x801).error(), Error::invalid_backend_address(0x800));
+  EXPECT_EQ(mem.get_slice(GuestAddress{0x2000}, 1).error(),
+            Error::invalid_guest_address(GuestAddress{0x2000}));
+  ASSERT_TRUE(slice->write_obj(std::uint16_t{0x55aa}, 0x10).has_value());
+  EXPECT_EQ(mem.read_obj<std::uint16_t>(GuestAddress{0x810}), 0x55aau);
+}
+
+TEST(GuestMemoryMmap, AddressQueries) {
+  auto mem = make({{GuestAddress{0x1000}, 0x400}, {GuestAddress{0x2000}, 0x400}});
+  EXPECT_TRUE(mem.address_in_range(GuestAddress{0x1000}));
+  EXPECT_TRUE(mem.address_in_range(GuestAddress{0x13ff}));
+  EXPECT_FALSE(mem.address_in_range(GuestAddress{0x1400}));
+  EXPECT_FALSE(mem.address_in_range(GuestAddress{0xfff}));
+  EXPECT_EQ(mem.check_address(GuestAddress{0x2010}), GuestAddress{0x2010});
+  EXPECT_EQ(mem.check_address(GuestAddress{0x2400}), std::nullopt);
+  EXPECT_EQ(mem.checked_offset(GuestAddress{0x1000}, 0x3ff), GuestAddress{0x13ff});
+  EXPECT_EQ(mem.checked_offset(GuestAddress{0x1000}, 0x400), std::nullopt);
+  EXPECT_EQ(mem.checked_offset(GuestAddress{kTop}, 1), std::nullopt);
+  auto found = mem.to_region_addr(GuestAddress{0x2010});
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->first->start_addr(), GuestAddress{0x2000});
+  EXPECT_EQ(found->second, MemoryRegionAddress{0x10});
+  EXPECT_EQ(mem.to_region_addr(GuestAddress{0x1800}), std::nullopt);
+  EXPECT_EQ(mem.find_region(GuestAddress{0x1800}), nullptr);
+  EXPECT_EQ(mem.physical_memory(), &mem);
+}
+
+TEST(GuestMemoryMmap, FindRegionAgreesWithALinearScan) {
+  std::vector<std::pair<GuestAddress, std::size_t>> ranges;
+  std::mt19937_64 rng(7);
+  std::uint64_t next = 0;
+  for (int i = 0; i < 97; ++i) {
+    next += rng() % 3 == 0 ? 0 : (rng() % 0x3000);  // adjacent or a hole
+    const std::size_t size = 0x1000 * (1 + rng() % 4);
+    ranges.emplace_back(GuestAddress{next}, size);
+    next += size;
+  }
+  auto mem = GuestMemoryMmap<>::from_ranges(ranges);
+  ASSERT_TRUE(mem.has_value());
+  for (int i = 0; i < 20000; ++i) {
+    const GuestAddress a{rng() % (next + 0x2000)};
+    const GuestRegionMmap<>* expected = nullptr;
+    for (const auto& region : mem->regions()) {
+      if (a >= region.start_addr() && a <= region.last_addr()) {
+        expected = &region;
+      }
+    }
+    ASSERT_EQ(mem->find_region(a), expected) << to_string(a);
+  }
+}
+
+// ---------------------------------------------------------------- hot-plug
+
+TEST(GuestMemoryMmap, InsertRegionLeavesTheOldMemoryValid) {
+  auto mem = make({{GuestAddress{0}, 0x1000}, {GuestAddress{0x3000}, 0x1000}});
+  ASSERT_TRUE(mem.write_obj(std::uint32_t{0x11}, GuestAddress{0x10}).has_value());
+  auto region = std::make_shared<const GuestRegionMmap<>>(
+      *GuestRegionMmap<>::create(*MmapRegion<>::create(0x2000), GuestAddress{0x1000}));
+  auto bigger = mem.insert_region(region);
+  ASSERT_TRUE(bigger.has_value());
+  EXPECT_EQ(bigger->num_regions(), 3u);
+  EXPECT_EQ(mem.num_regions(), 2u);
+  EXPECT_EQ(bigger->read_obj<std::uint32_t>(GuestAddress{0x10}), 0x11u) << "regions are shared";
+  EXPECT_TRUE(bigger->check_range(GuestAddress{0}, 0x4000));
+  EXPECT_FALSE(mem.check_range(GuestAddress{0}, 0x4000));
+  auto overlapping = std::make_shared<const GuestRegionMmap<>>(
+      *GuestRegionMmap<>::create(*MmapRegion<>::create(0x1000), GuestAddress{0x3800}));
+  EXPECT_EQ(bigger->insert_region(overlapping).error(),
+            Error::at(ErrorCode::MemoryRegionOverlap, 0x3800));
+}
+
+TEST(GuestMemoryMmap, RemoveRegion) {
+  auto mem = make({{GuestAddress{0}, 0x1000}, {GuestAddress{0x1000}, 0x1000}});
+  EXPECT_EQ(mem.remove_region(GuestAddress{0x1000}, 0x800).error(),
+            Error::at(ErrorCode::InvalidGuestRegion, 0x1000, 0x800));
+  EXPECT_EQ(mem.remove_region(GuestAddress{0x1800}, 0x1000).error().code(),
+            ErrorCode::InvalidGuestRegion);
+  auto removed = mem.remove_region(GuestAddress{0x1000}, 0x1000);
+  ASSERT_TRUE(removed.has_value());
+  EXPECT_EQ(removed->first.num_regions(), 1u);
+  EXPECT_EQ(removed->second->start_addr(), GuestAddress{0x1000});
+  EXPECT_EQ(mem.num_regions(), 2u);
+  EXPECT_FALSE(removed->first.address_in_range(GuestAddress{0x1000}));
+  EXPECT_TRUE(mem.address_in_range(GuestAddress{0x1000}));
+  auto empty = removed->first.remove_region(GuestAddress{0}, 0x1000);
+  ASSERT_TRUE(empty.has_value());
+  EXPECT_EQ(empty->first.num_regions(), 0u);
+  EXPECT_EQ(empty->first.read_obj<std::uint8_t>(GuestAddress{0}).error().code(),
+            ErrorCode::InvalidGuestAddress);
+}
+
+TEST(GuestMemoryMmap, CopiesShareRegions) {
+  auto mem = make({{GuestAddress{0}, 0x1000}});
+  GuestMemoryMmap<> copy = mem;
+  ASSERT_TRUE(copy.write_obj(std::uint8_t{9}, GuestAddress{0x20}).has_value());
+  EXPECT_EQ(mem.read_obj<std::uint8_t>(GuestAddress{0x20}), 9u);
+  GuestMemoryMmap<> assigned;
+  assigned = copy;
+  EXPECT_EQ(assigned.read_obj<std::uint8_t>(GuestAddress{0x20}), 9u);
+}
+
+// ---------------------------------------------------------------- edge tables
+
+// Adjacent regions, a one-byte hole, and a region whose exclusive end is 2^64 - 1.
+struct Layout {
+  std::uint64_t start;
+  std::uint64_t size;
+};
+constexpr std::array<Layout, 4> kLayout{{{0x0, 0x1000},
+                                         {0x1000, 0x1000},
+                                         {0x2001, 0xfff},
+                                         {kTop - 0x1000, 0x1000}}};
+
+class EdgeTable : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::vector<std::pair<GuestAddress, std::size_t>> ranges;
+    for (const auto& r : kLayout) {
+      ranges.emplace_back(GuestAddress{r.start}, r.size);
+    }
+    auto built = GuestMemoryMmap<>::from_ranges(ranges);
+    ASSERT_TRUE(built.has_value()) << built.error();
+    mem_ = std::move(*built);
+  }
+
+  // The bytes in memory from `a` on before a hole or the end (capped at `cap`).
+  static std::uint64_t available(std::uint64_t a, std::uint64_t cap) {
+    std::uint64_t n = 0;
+    while (n < cap) {
+      const std::uint64_t at = a + n;
+      if (at < a) {
+        break;  // wrapped past 2^64
+      }
+      const auto* r = std::find_if(kLayout.begin(), kLayout.end(), [&](const Layout& l) {
+        return at >= l.start && at - l.start < l.size;
+      });
+      if (r == kLayout.end()) {
+        break;
+      }
+      n += r->start + r->size - at;
+    }
+    return std::min(n, cap);
+  }
+
+  static const Layout* region_of(std::uint64_t a) {
+    for (const auto& l : kLayout) {
+      if (a >= l.start && a - l.start < l.size) {
+        return &l;
+      }
+    }
+    return nullptr;
+  }
+
+  static std::vector<std::uint64_t> addresses() {
+    std::vector<std::uint64_t> out{0, kTop, kTop - 1, kTop - 8};
+    for (const auto& l : kLayout) {
+      for (std::uint64_t edge : {l.start, l.start + l.size}) {
+        for (int d = -9; d <= 9; ++d) {
+          const std::uint64_t a = edge + static_cast<std::uint64_t>(static_cast<std::int64_t>(d));
+          if ((d < 0 && a > edge) || (d > 0 && a < edge)) {
+            continue;  // wrapped
+          }
+          out.push_back(a);
+        }
+      }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+  }
+
+  // What the model says guest memory holds.
+  std::byte model_at(std::uint64_t a) const {
+    auto it = model_.find(a);
+    return it == model_.end() ? std::byte{0} : it->second;
+  }
+
+  GuestMemoryMmap<> mem_;
+  std::map<std::uint64_t, std::byte> model_;
+};
+
+constexpr std::array<std::size_t, 14> kLengths{0, 1, 2, 3, 4, 7, 8, 9, 16, 17, 0xfff, 0x1000,
+                                               0x1001, 0x2001};
+
+TEST_F(EdgeTable, WriteAndReadEveryAddressLengthPair) {
+  std::uint8_t seed = 1;
+  for (std::uint64_t a : addresses()) {
+    for (std::size_t len : kLengths) {
+      SCOPED_TRACE(::testing::Message() << "addr " << to_string(GuestAddress{a}) << " len " << len);
+      const std::uint64_t n = available(a, len);
+      const auto data = pattern(len, seed++);
+
+      auto wrote = mem_.write(data, GuestAddress{a});
+      if (len == 0) {
+        EXPECT_EQ(wrote, 0u);
+      } else if (n == 0) {
+        EXPECT_EQ(wrote.error(), Error::invalid_guest_address(GuestAddress{a}));
+      } else {
+        EXPECT_EQ(wrote, n);
+        for (std::uint64_t i = 0; i < n; ++i) {
+          model_[a + i] = data[i];
+        }
+      }
+
+      std::vector<std::byte> back(len, std::byte{0xee});
+      auto read = mem_.read(back, GuestAddress{a});
+      if (len == 0) {
+        EXPECT_EQ(read, 0u);
+      } else if (n == 0) {
+        EXPECT_EQ(read.error(), Error::invalid_guest_address(GuestAddress{a}));
+      } else {
+        ASSERT_EQ(read, n);
+        for (std::uint64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(back[i], model_at(a + i)) << "byte " << i;
+        }
+        for (std::uint64_t i = n; i < len; ++i) {
+          ASSERT_EQ(back[i], std::byte{0xee}) << "read past the hole at byte " << i;
+        }
+      }
+
+      EXPECT_EQ(mem_.check_range(GuestAddress{a}, len), len == 0 || n == len);
+      auto slice_read = mem_.read_slice(back, GuestAddress{a});
+      if (len == 0 || n == len) {
+        EXPECT_TRUE(slice_read.has_value());
+      } else if (n == 0) {
+        EXPECT_EQ(slice_read.error(), Error::invalid_guest_address(GuestAddress{a}));
+      } else {
+        EXPECT_EQ(slice_read.error(), Error::partial_buffer(len, n));
+      }
+    }
+  }
+}
+
+TEST_F(EdgeTable, WriteSliceWritesTheFirstBytesBeforeFailing) {
+  for (std::uint64_t a : addresses()) {
+    for (std::size_t len : kLengths) {
+      SCOPED_TRACE(::testing::Message() << "addr " << to_string(GuestAddress{a}) << " len " << len);
+      const std::uint64_t n = available(a, len);
+      const auto data = pattern(len, static_cast<std::uint8_t>(a + len));
+      auto r = mem_.write_slice(data, GuestAddress{a});
+      if (len == 0 || n == len) {
+        EXPECT_TRUE(r.has_value());
+      } else if (n == 0) {
+        EXPECT_EQ(r.error(), Error::invalid_guest_address(GuestAddress{a}));
+      } else {
+        EXPECT_EQ(r.error(), Error::partial_buffer(len, n));
+      }
+      if (n > 0 && len > 0) {
+        std::vector<std::byte> back(n);
+        ASSERT_EQ(mem_.read(back, GuestAddress{a}), n);
+        EXPECT_TRUE(std::equal(back.begin(), back.end(), data.begin()));
+      }
+    }
+  }
+}
+
+TEST_F(EdgeTable, ObjectsAndAtomics) {
+  for (std::uint64_t a : addresses()) {
+    SCOPED_TRACE(to_string(GuestAddress{a}));
+    const std::uint64_t n = available(a, 8);
+    auto wrote = mem_.write_obj(std::uint64_t{0x0807060504030201}, GuestAddress{a});
+    auto read = mem_.read_obj<std::uint64_t>(GuestAddress{a});
+    if (n == 8) {
+      EXPECT_TRUE(wrote.has_value());
+      EXPECT_EQ(read, 0x0807060504030201u);
+    } else if (n == 0) {
+      EXPECT_EQ(wrote.error(), Error::invalid_guest_address(GuestAddress{a}));
+      EXPECT_EQ(read.error(), Error::invalid_guest_address(GuestAddress{a}));
+    } else {
+      EXPECT_EQ(wrote.error(), Error::partial_buffer(8, n));
+      EXPECT_EQ(read.error(), Error::partial_buffer(8, n));
+    }
+
+    const Layout* region = region_of(a);
+    auto stored = mem_.store<std::uint32_t>(0xa5a5a5a5, GuestAddress{a}, std::memory_order_seq_cst);
+    auto loaded = mem_.load<std::uint32_t>(GuestAddress{a}, std::memory_order_seq_cst);
+    if (region == nullptr) {
+      EXPECT_EQ(stored.error(), Error::invalid_guest_address(GuestAddress{a}));
+      EXPECT_EQ(loaded.error(), Error::invalid_guest_address(GuestAddress{a}));
+      continue;
+    }
+    const std::uint64_t offset = a - region->start;
+    if (offset + 4 > region->size || offset % 4 != 0) {
+      EXPECT_EQ(stored.error(), Error::invalid_backend_address(a));
+      EXPECT_EQ(loaded.error(), Error::invalid_backend_address(a));
+    } else {
+      EXPECT_TRUE(stored.has_value());
+      EXPECT_EQ(loaded, 0xa5a5a5a5u);
+    }
+  }
+}
+
+// Zircon-style table of hostile addresses with hostile lengths: nothing may crash, and the
+// counts must match the model.
+TEST_F(EdgeTable, HostileAddressesAndLengths) {
+  constexpr std::array<std::uint64_t, 12> kHostile{
+      0, 0xfff, 0x2000, 0x2001, std::uint64_t{1} << 32, std::uint64_t{1} << 63,
+      kTop - 0x1001, kTop - 0x1000, kTop - 2, kTop - 1, kTop, 0xdeadbeefcafebabe};
+  constexpr std::array<std::size_t, 4> kHuge{std::numeric_limits<std::size_t>::max(),
+                                             std::numeric_limits<std::size_t>::max() / 2,
+                                             std::size_t{1} << 40, 0x10000};
+  const auto data = pattern(64);
+  for (std::uint64_t a : kHostile) {
+    for (std::size_t len : kHuge) {
+      SCOPED_TRACE(::testing::Message() << to_string(GuestAddress{a}) << " len " << len);
+      const std::uint64_t n = available(a, len);
+      EXPECT_EQ(mem_.check_range(GuestAddress{a}, len), n == len);
+      std::uint64_t total = 0;
+      for (const auto& item : mem_.get_slices(GuestAddress{a}, len)) {
+        if (!item.has_value()) {
+          break;
+        }
+        total += item->size();
+      }
+      EXPECT_EQ(total, n);
+      SpanReader src{data};
+      auto moved = mem_.read_volatile_from(GuestAddress{a}, src, len);
+      if (n == 0) {
+        EXPECT_EQ(moved.error(), Error::invalid_guest_address(GuestAddress{a}));
+      } else {
+        EXPECT_EQ(moved, std::min<std::uint64_t>(n, data.size()));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dirty reporting
+
+TEST(GuestMemoryMmapDirty, EveryWritePathReportsExactlyTheBytesItWrote) {
+  auto built = GuestMemoryMmap<RecordingBitmap>::from_ranges(
+      {{GuestAddress{0}, 0x1000}, {GuestAddress{0x1000}, 0x1000}, {GuestAddress{0x3000}, 0x1000}});
+  ASSERT_TRUE(built.has_value());
+  auto& mem = *built;
+  auto marks = [&](std::size_t i) { return mem.region_ptrs()[i]->bitmap().take(); };
+
+  ASSERT_TRUE(mem.write(pattern(8), GuestAddress{0xffc}).has_value());
+  EXPECT_EQ(marks(0), (Marks{{0xffc, 4}}));
+  EXPECT_EQ(marks(1), (Marks{{0, 4}}));
+
+  EXPECT_EQ(mem.write_slice(pattern(32), GuestAddress{0x1ff0}).error(), Error::partial_buffer(32, 16));
+  EXPECT_EQ(marks(1), (Marks{{0xff0, 16}})) << "a partial write marks what was written";
+  EXPECT_EQ(marks(2), Marks{});
+
+  ASSERT_TRUE(mem.write_obj(std::uint64_t{1}, GuestAddress{0x3008}).has_value());
+  EXPECT_EQ(marks(2), (Marks{{8, 8}}));
+  ASSERT_TRUE(mem.store<std::uint16_t>(1, GuestAddress{0x3002}, std::memory_order_relaxed));
+  EXPECT_EQ(marks(2), (Marks{{2, 2}}));
+  EXPECT_FALSE(mem.store<std::uint16_t>(1, GuestAddress{0x3001}, std::memory_order_relaxed));
+  EXPECT_EQ(marks(2), Marks{}) << "a refused store marks nothing";
+
+  const auto image = pattern(0x100);
+  SpanReader reader{image};
+  EXPECT_EQ(mem.read_volatile_from(GuestAddress{0xf80}, reader, 0x100), 0x100u);
+  EXPECT_EQ(marks(0), (Marks{{0xf80, 0x80}}));
+  EXPECT_EQ(marks(1), (Marks{{0, 0x80}}));
+
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  UniqueFd read_end{pipe_fds[0]};
+  UniqueFd write_end{pipe_fds[1]};
+  ASSERT_EQ(::write(write_end.get(), image.data(), 0x30), 0x30);
+  BorrowedFd pipe{read_end};
+  EXPECT_EQ(mem.read_volatile_from(GuestAddress{0xfe0}, pipe, 0x100), 0x30u)
+      << "one readv straight into both regions, short because the pipe had 0x30 bytes";
+  EXPECT_EQ(marks(0), (Marks{{0xfe0, 0x20}}));
+  EXPECT_EQ(marks(1), (Marks{{0, 0x10}}));
+
+  std::vector<std::byte> sink(0x2000);
+  (void)mem.read(sink, GuestAddress{0});
+  (void)mem.read_slice(sink, GuestAddress{0});
+  (void)mem.read_obj<std::uint64_t>(GuestAddress{0xffc});
+  (void)mem.load<std::uint32_t>(GuestAddress{0}, std::memory_order_relaxed);
+  std::vector<std::byte> out;
+  VectorWriter writer{out};
+  EXPECT_EQ(mem.write_volatile_to(GuestAddress{0}, writer, 0x2000), 0x2000u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(marks(i), Marks{}) << "reads never mark, region " << i;
+  }
+}
+
+// ---------------------------------------------------------------- races
+
+// The racing-writer test of seed 002: an object whose first member (of type T) ends exactly
+// at the end of one region, the rest in the next. The writer flips all bits of that member
+// while the reader checks that it never sees a mix of old and new bytes.
+template <class T>
+void NonAtomicAccessAtRegionJunction() {
+  struct Data {
+    T val;
+    std::array<std::uint8_t, 8> some_bytes;
+  };
+  static_assert(alignof(Data) == alignof(T) && sizeof(T) == alignof(T));
+  static_assert(sizeof(Data) == sizeof(T) + 8, "no padding");
+  static_assert(ByteValued<Data>);
+
+  constexpr std::size_t kRegion = 0x1000;
+  const GuestAddress start{0};
+  const GuestAddress data_start{kRegion - sizeof(T)};
+  auto mem = GuestMemoryMmap<>::from_ranges({{start, kRegion}, {GuestAddress{kRegion}, kRegion}});
+  ASSERT_TRUE(mem.has_value());
+
+  Data data{T{0}, {1, 2, 4, 16, 32, 64, 128, 255}};
+  ASSERT_TRUE(mem->write_obj(data, data_start).has_value());
+  auto first = mem->read_obj<Data>(data_start);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->val, data.val);
+  EXPECT_EQ(first->some_bytes, data.some_bytes);
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1000);
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> torn{0};
+  std::atomic<std::uint64_t> reads{0};
+  std::thread reader([&] {
+    const GuestMemoryMmap<> copy = *mem;
+    std::uint64_t count = 0;
+    while (!done.load(std::memory_order_relaxed)) {
+      auto seen = copy.read_obj<Data>(data_start);
+      if (!seen.has_value()) {
+        torn.fetch_add(1);
+        continue;
+      }
+      std::array<std::uint8_t, sizeof(T)> raw{};
+      std::memcpy(raw.data(), &seen->val, sizeof(T));
+      if (std::any_of(raw.begin(), raw.end(), [&](std::uint8_t b) { return b != raw[0]; })) {
+        torn.fetch_add(1);
+      }
+      ++count;
+    }
+    reads.store(count);
+  });
+  std::uint64_t writes = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    for (int i = 0; i < 1024; ++i) {
+      (void)mem->write_obj(data, data_start);
+      data.val = static_cast<T>(~data.val);
+      ++writes;
+    }
+  }
+  done.store(true);
+  reader.join();
+  EXPECT_EQ(torn.load(), 0u) << "after " << reads.load() << " reads and " << writes << " writes";
+  EXPECT_GT(reads.load(), 0u);
+}
+
+TEST(GuestMemoryMmapRace, NonAtomicAccessU16) { NonAtomicAccessAtRegionJunction<std::uint16_t>(); }
+TEST(GuestMemoryMmapRace, NonAtomicAccessU32) { NonAtomicAccessAtRegionJunction<std::uint32_t>(); }
+TEST(GuestMemoryMmapRace, NonAtomicAccessU64) { NonAtomicAccessAtRegionJunction<std::uint64_t>(); }
+
+}  // namespace
+}  // namespace guestmem
