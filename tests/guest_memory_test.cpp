@@ -344,26 +344,39 @@ TEST(GuestMemoryMmap, AddressQueries) {
 }
 
 TEST(GuestMemoryMmap, FindRegionAgreesWithALinearScan) {
-  std::vector<std::pair<GuestAddress, std::size_t>> ranges;
-  std::mt19937_64 rng(7);
-  std::uint64_t next = 0;
-  for (int i = 0; i < 97; ++i) {
-    next += rng() % 3 == 0 ? 0 : (rng() % 0x3000);  // adjacent or a hole
-    const std::size_t size = 0x1000 * (1 + rng() % 4);
-    ranges.emplace_back(GuestAddress{next}, size);
-    next += size;
-  }
-  auto mem = GuestMemoryMmap<>::from_ranges(ranges);
-  ASSERT_TRUE(mem.has_value());
-  for (int i = 0; i < 20000; ++i) {
-    const GuestAddress a{rng() % (next + 0x2000)};
-    const GuestRegionMmap<>* expected = nullptr;
-    for (const auto& region : mem->regions()) {
-      if (a >= region.start_addr() && a <= region.last_addr()) {
-        expected = &region;
+  // Region counts around the search tree's node size (8 keys) and level sizes (9, 81, 729).
+  for (int regions : {1, 2, 7, 8, 9, 10, 63, 64, 65, 80, 81, 82, 200, 730}) {
+    SCOPED_TRACE(regions);
+    std::vector<std::pair<GuestAddress, std::size_t>> ranges;
+    std::mt19937_64 rng(static_cast<std::uint64_t>(regions));
+    std::uint64_t next = rng() % 0x10000;
+    for (int i = 0; i < regions; ++i) {
+      next += rng() % 3 == 0 ? 0 : (rng() % 0x3000);  // adjacent or a hole
+      const std::size_t size = 0x1000 * (1 + rng() % 4);
+      ranges.emplace_back(GuestAddress{next}, size);
+      next += size;
+    }
+    auto mem = GuestMemoryMmap<>::from_ranges(ranges);
+    ASSERT_TRUE(mem.has_value());
+    auto expect_found = [&](GuestAddress a) {
+      const GuestRegionMmap<>* expected = nullptr;
+      for (const auto& region : mem->regions()) {
+        if (a >= region.start_addr() && a <= region.last_addr()) {
+          expected = &region;
+        }
+      }
+      ASSERT_EQ(mem->find_region(a), expected) << to_string(a);
+    };
+    for (int i = 0; i < 3000; ++i) {
+      expect_found(GuestAddress{rng() % (next + 0x2000)});
+    }
+    for (const auto& [start, size] : ranges) {
+      for (std::uint64_t a : {start.raw_value() - 1, start.raw_value(), start.raw_value() + size - 1,
+                              start.raw_value() + size}) {
+        expect_found(GuestAddress{a});
       }
     }
-    ASSERT_EQ(mem->find_region(a), expected) << to_string(a);
+    expect_found(GuestAddress{std::numeric_limits<std::uint64_t>::max()});
   }
 }
 

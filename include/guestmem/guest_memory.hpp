@@ -32,6 +32,7 @@
 #include "guestmem/address.hpp"
 #include "guestmem/bitmap.hpp"
 #include "guestmem/detail/bytes_impl.hpp"
+#include "guestmem/detail/search_tree.hpp"
 #include "guestmem/error.hpp"
 #include "guestmem/guest_region.hpp"
 #include "guestmem/mmap_region.hpp"
@@ -88,17 +89,10 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   /// An empty memory (no regions): every non-empty access fails with InvalidGuestAddress.
   GuestMemoryMmap() = default;
   /// Copies share the regions.
-  GuestMemoryMmap(const GuestMemoryMmap& other)
-      : regions_(other.regions_), starts_(other.starts_), slots_(other.slots_) {}
-  GuestMemoryMmap(GuestMemoryMmap&& other) noexcept
-      : regions_(std::move(other.regions_)),
-        starts_(std::move(other.starts_)),
-        slots_(std::move(other.slots_)) {}
+  GuestMemoryMmap(const GuestMemoryMmap& other) : GuestMemoryMmap(other.regions_) {}
+  GuestMemoryMmap(GuestMemoryMmap&& other) noexcept : GuestMemoryMmap() { swap(other); }
   GuestMemoryMmap& operator=(GuestMemoryMmap other) noexcept {
-    regions_.swap(other.regions_);
-    starts_.swap(other.starts_);
-    slots_.swap(other.slots_);
-    hint_.store(0, std::memory_order_relaxed);
+    swap(other);
     return *this;
   }
   ~GuestMemoryMmap() = default;
@@ -196,7 +190,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   [[nodiscard]] Result<std::pair<GuestMemoryMmap, RegionPtr>> remove_region(
       GuestAddress base, GuestUsize size) const {
     const std::size_t index = find_index(base);
-    if (index == kNone || starts_[index] != base.raw_value() || slots_[index].size != size) {
+    if (index == kNone || slots_[index].start != base.raw_value() || slots_[index].size != size) {
       return std::unexpected(Error::at(ErrorCode::InvalidGuestRegion, base.raw_value(), size));
     }
     std::vector<RegionPtr> regions = regions_;
@@ -235,7 +229,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     if (index == kNone) {
       return std::nullopt;
     }
-    return std::pair{slots_[index].region, MemoryRegionAddress{addr.raw_value() - starts_[index]}};
+    return std::pair{slots_[index].region, MemoryRegionAddress{addr.raw_value() - slots_[index].start}};
   }
 
   [[nodiscard]] bool address_in_range(GuestAddress addr) const noexcept {
@@ -316,18 +310,38 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
 
   // What an access needs of a region, packed so that a hit touches one cache line.
   struct Slot {
+    std::uint64_t start;
     std::uint64_t size;
     std::uint8_t* host;
     const region_type* region;
   };
+  // A slot that contains no address.
+  static constexpr Slot kNoSlot{0, 0, nullptr, nullptr};
+  // Two of them, for a memory without regions (see slots_).
+  static constexpr Slot kNoSlots[2] = {kNoSlot, kNoSlot};
 
   explicit GuestMemoryMmap(std::vector<RegionPtr> regions) : regions_(std::move(regions)) {
-    starts_.reserve(regions_.size());
-    slots_.reserve(regions_.size());
+    std::vector<std::uint64_t> starts;
+    starts.reserve(regions_.size());
+    slots_.reserve(regions_.size() + 1);
     for (const RegionPtr& r : regions_) {
-      starts_.push_back(r->start_addr().raw_value());
-      slots_.push_back(Slot{r->len(), r->mapping().unsafe_host_ptr(), r.get()});
+      starts.push_back(r->start_addr().raw_value());
+      slots_.push_back(Slot{r->start_addr().raw_value(), r->len(), r->mapping().unsafe_host_ptr(), r.get()});
     }
+    if (!regions_.empty()) {
+      slots_.push_back(kNoSlot);
+    }
+    slot_data_ = regions_.empty() ? kNoSlots : slots_.data();
+    tree_ = detail::SearchTree(starts);
+  }
+
+  void swap(GuestMemoryMmap& other) noexcept {
+    regions_.swap(other.regions_);
+    std::swap(tree_, other.tree_);
+    slots_.swap(other.slots_);
+    std::swap(slot_data_, other.slot_data_);
+    hint_.store(0, std::memory_order_relaxed);
+    other.hint_.store(0, std::memory_order_relaxed);
   }
 
   static Result<RegionPtr> make_region(Result<MmapRegion<B>> mapping, GuestAddress base) {
@@ -344,24 +358,25 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   // The index of the region holding `addr`, or kNone.
   [[nodiscard]] GUESTMEM_ALWAYS_INLINE std::size_t find_index(GuestAddress addr) const noexcept {
     const std::uint64_t a = addr.raw_value();
-    const std::size_t n = starts_.size();
+    // The hint and the slot after it are always valid slots (a trailing kNoSlot), so the hit
+    // path is two loads from this object and one slot. The next region is checked too,
+    // without moving the hint: an access that crosses into it then never searches, and the
+    // next access from the hinted region still hits.
     const std::size_t hint = hint_.load(std::memory_order_relaxed);
-    if (hint < n && a - starts_[hint] < slots_[hint].size) [[likely]] {
+    const Slot* hinted = slot_data_ + hint;
+    if (a - hinted[0].start < hinted[0].size) [[likely]] {
       return hint;
     }
-    if (n == 0) {
-      return kNone;
+    if (a - hinted[1].start < hinted[1].size) {
+      return hint + 1;
     }
-    // Branch-free: the loads of consecutive lookups do not wait on a mispredicted branch.
-    const std::uint64_t* base = starts_.data();
-    std::size_t len = n;
-    while (len > 1) {
-      const std::size_t half = len / 2;
-      base += (base[half] <= a) ? half : 0;
-      len -= half;
-    }
-    const auto index = static_cast<std::size_t>(base - starts_.data());
-    if (a - *base >= slots_[index].size) {
+    return search(a, hint);
+  }
+
+  // The tree search behind find_index, out of line: a miss costs more than a call anyway.
+  [[nodiscard]] [[gnu::noinline]] std::size_t search(std::uint64_t a, std::size_t hint) const noexcept {
+    const std::size_t index = tree_.find(a);
+    if (index == detail::SearchTree::kNone || a - slots_[index].start >= slots_[index].size) {
       return kNone;
     }
     if (index != hint) {
@@ -370,8 +385,28 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return index;
   }
 
+  // The piece of region `index` from `addr` on, at most `count` bytes long.
+  GUESTMEM_ALWAYS_INLINE slice_type piece(std::size_t index, std::uint64_t addr,
+                                          std::size_t count) const noexcept {
+    const Slot& slot = slot_data_[index];
+    const std::uint64_t offset = addr - slot.start;
+    const std::size_t len = std::min<std::uint64_t>(count, slot.size - offset);
+    // SAFETY: [offset, offset + len) lies inside the region, which this memory keeps alive.
+    return slice_type::from_raw_parts(slot.host + offset, len, slot.region->bitmap().slice_at(offset));
+  }
+
+  // Byte-access hook: the first piece of [addr, addr + count).
+  GUESTMEM_ALWAYS_INLINE std::optional<slice_type> first_piece(GuestAddress addr, std::size_t count,
+                                                               Permissions /*access*/) const noexcept {
+    const std::size_t index = find_index(addr);
+    if (index == kNone) [[unlikely]] {
+      return std::nullopt;
+    }
+    return piece(index, addr.raw_value(), count);
+  }
+
   // Byte-access hook: the pieces of [addr, addr + count).
-  GUESTMEM_ALWAYS_INLINE Result<SliceIterator> slices_for(GuestAddress addr, std::size_t count,
+  Result<SliceIterator> slices_for(GuestAddress addr, std::size_t count,
                                    Permissions /*access*/) const noexcept {
     return SliceIterator(this, addr, count);
   }
@@ -383,9 +418,14 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   }
 
   std::vector<RegionPtr> regions_;
-  std::vector<std::uint64_t> starts_;
+  // The region starts, for lookups that miss the hint.
+  detail::SearchTree tree_;
+  // One slot per region and a trailing kNoSlot, so that slot_data_[hint + 1] always exists.
   std::vector<Slot> slots_;
-  // The last region found; a racy cache, so relaxed loads and stores are enough.
+  // slots_.data(), or kNoSlots when there are no regions.
+  const Slot* slot_data_ = kNoSlots;
+  // The last region found; a racy cache, so relaxed loads and stores are enough. Written
+  // only when it changes, so threads hitting the same region never write a shared line.
   mutable std::atomic<std::size_t> hint_{0};
 };
 
@@ -397,7 +437,7 @@ class GuestMemoryMmap<B>::SliceIterator {
       : memory_(memory), addr_(addr.raw_value()), count_(count) {}
 
   /// The next piece, an error (after which nothing follows), or std::nullopt at the end.
-  GUESTMEM_ALWAYS_INLINE std::optional<Result<slice_type>> next() noexcept {
+  std::optional<Result<slice_type>> next() noexcept {
     if (count_ == 0) {
       return std::nullopt;
     }
@@ -407,7 +447,7 @@ class GuestMemoryMmap<B>::SliceIterator {
     } else {
       // The previous piece ended at its region's end; only an adjacent region continues.
       index = index_ + 1;
-      if (index == memory_->starts_.size() || memory_->starts_[index] != addr_) {
+      if (index == memory_->regions_.size() || memory_->slots_[index].start != addr_) {
         index = kNone;
       }
     }
@@ -415,16 +455,12 @@ class GuestMemoryMmap<B>::SliceIterator {
       count_ = 0;
       return Result<slice_type>(std::unexpect, Error::invalid_guest_address(GuestAddress{addr_}));
     }
-    const Slot& slot = memory_->slots_[index];
-    const std::uint64_t offset = addr_ - memory_->starts_[index];
-    const std::size_t len = std::min<std::uint64_t>(count_, slot.size - offset);
+    slice_type slice = memory_->piece(index, addr_, count_);
     index_ = index;
-    count_ -= len;
+    count_ -= slice.size();
     // Cannot wrap: a region's exclusive end fits in 64 bits.
-    addr_ += len;
-    // SAFETY: [offset, offset + len) lies inside the region, which the memory keeps alive.
-    return Result<slice_type>(slice_type::from_raw_parts(slot.host + offset, len,
-                                                         slot.region->bitmap().slice_at(offset)));
+    addr_ += slice.size();
+    return Result<slice_type>(std::move(slice));
   }
 
   /// The pieces as a range of Result<slice_type>.

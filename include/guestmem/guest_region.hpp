@@ -122,7 +122,20 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
   GuestRegionMmap(MmapRegion<B> mapping, GuestAddress guest_base) noexcept
       : mapping_(std::move(mapping)), guest_base_(guest_base) {}
 
-  // Byte-access hook: the one piece [offset, min(offset + count, len())).
+  // Byte-access hook: the piece [offset, min(offset + count, len())).
+  GUESTMEM_ALWAYS_INLINE std::optional<slice_type> first_piece(
+      MemoryRegionAddress offset, std::size_t count, Permissions /*access*/) const noexcept {
+    const std::uint64_t at = offset.raw_value();
+    if (at >= len()) [[unlikely]] {
+      return std::nullopt;
+    }
+    const std::size_t n = std::min<std::uint64_t>(count, len() - at);
+    // SAFETY: [at, at + n) lies inside the live mapping.
+    return slice_type::from_raw_parts(mapping_.unsafe_host_ptr() + at, n,
+                                      mapping_.bitmap().slice_at(at));
+  }
+
+  // Byte-access hook: the same piece, or the error for it, as a sequence.
   Result<detail::OneItem<Result<slice_type>>> slices_for(MemoryRegionAddress offset,
                                                          std::size_t count,
                                                          Permissions /*access*/) const noexcept {
@@ -131,10 +144,7 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
       return detail::OneItem(
           Result<slice_type>(std::unexpect, Error::invalid_backend_address(at)));
     }
-    const std::size_t n = std::min<std::uint64_t>(count, len() - at);
-    // SAFETY: [at, at + n) lies inside the live mapping.
-    return detail::OneItem(Result<slice_type>(slice_type::from_raw_parts(
-        mapping_.unsafe_host_ptr() + at, n, mapping_.bitmap().slice_at(at))));
+    return detail::OneItem(Result<slice_type>(*first_piece(offset, count, Permissions::No)));
   }
 
   // Byte-access hook: single accesses that cross the end or are misaligned.

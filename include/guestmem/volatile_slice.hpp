@@ -53,13 +53,16 @@ class OneItem {
  public:
   explicit OneItem(Item item) noexcept : item_(std::move(item)) {}
   std::optional<Item> next() noexcept {
-    std::optional<Item> out = std::move(item_);
-    item_.reset();
-    return out;
+    if (done_) {
+      return std::nullopt;
+    }
+    done_ = true;
+    return std::move(item_);
   }
 
  private:
-  std::optional<Item> item_;
+  Item item_;
+  bool done_ = false;
 };
 
 /// The end of [offset, offset + count) in a view of `size` bytes, or the error for it.
@@ -246,17 +249,24 @@ class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t> {
   constexpr VolatileSlice(std::uint8_t* addr, std::size_t size, S bitmap) noexcept
       : addr_(addr), size_(size), bitmap_(std::move(bitmap)) {}
 
-  // Byte-access hook: the one piece [offset, min(offset + count, size())).
+  // Byte-access hook: the piece [offset, min(offset + count, size())).
+  GUESTMEM_ALWAYS_INLINE std::optional<VolatileSlice> first_piece(
+      std::size_t offset, std::size_t count, Permissions /*access*/) const noexcept {
+    if (offset >= size_) [[unlikely]] {
+      return std::nullopt;
+    }
+    // SAFETY: [offset, offset + min(count, size_ - offset)) lies inside this view.
+    return VolatileSlice(addr_ + offset, std::min(count, size_ - offset), bitmap_.slice_at(offset));
+  }
+
+  // Byte-access hook: the same piece, or the error for it, as a sequence.
   Result<detail::OneItem<Result<VolatileSlice>>> slices_for(std::size_t offset, std::size_t count,
                                                             Permissions /*access*/) const noexcept {
     if (offset >= size_) {
       return detail::OneItem(
           Result<VolatileSlice>(std::unexpect, Error::out_of_bounds(offset, count, size_)));
     }
-    const std::size_t len = std::min(count, size_ - offset);
-    // SAFETY: [offset, offset + len) lies inside this view.
-    return detail::OneItem(
-        Result<VolatileSlice>(VolatileSlice(addr_ + offset, len, bitmap_.slice_at(offset))));
+    return detail::OneItem(Result<VolatileSlice>(*first_piece(offset, count, Permissions::No)));
   }
 
   // Byte-access hook: a single access that crosses the end or is misaligned.

@@ -70,14 +70,22 @@ class BytesMixin {
   /// (1, 2, 4, 8 aligned bytes) are untorn.
   GUESTMEM_ALWAYS_INLINE Result<std::size_t> write(std::span<const std::byte> buf,
                                                    Addr addr) const {
-    return write_from(buf, addr);
+    const std::size_t done = write_pieces(buf, addr);
+    if (done > 0 || buf.empty()) [[likely]] {
+      return done;
+    }
+    return first_piece_error(addr, buf.size(), Permissions::Write);
   }
 
   /// Reads into `buf` from `addr`, as much as is there.
   /// Returns the bytes read (fewer than buf.size() at a hole or the end).
   /// Errors: as `write`.
   GUESTMEM_ALWAYS_INLINE Result<std::size_t> read(std::span<std::byte> buf, Addr addr) const {
-    return read_into(buf, addr);
+    const std::size_t done = read_pieces(buf, addr);
+    if (done > 0 || buf.empty()) [[likely]] {
+      return done;
+    }
+    return first_piece_error(addr, buf.size(), Permissions::Read);
   }
 
   /// Writes all of `buf` at `addr`.
@@ -85,32 +93,55 @@ class BytesMixin {
   /// range ends early, in which case the first `written` bytes have been written.
   GUESTMEM_ALWAYS_INLINE Result<void> write_slice(std::span<const std::byte> buf,
                                                   Addr addr) const {
-    return all_or_partial(write_from(buf, addr), buf.size());
+    const std::size_t done = write_pieces(buf, addr);
+    if (done == buf.size()) [[likely]] {
+      return {};
+    }
+    return std::unexpected(partial_error(done, addr, buf.size(), Permissions::Write));
   }
 
   /// Fills all of `buf` from `addr`.
   /// Errors: as `write_slice`; after PartialBuffer the first `completed` bytes of `buf` hold
   /// guest data and the rest is unchanged.
   GUESTMEM_ALWAYS_INLINE Result<void> read_slice(std::span<std::byte> buf, Addr addr) const {
-    return all_or_partial(read_into(buf, addr), buf.size());
+    const std::size_t done = read_pieces(buf, addr);
+    if (done == buf.size()) [[likely]] {
+      return {};
+    }
+    return std::unexpected(partial_error(done, addr, buf.size(), Permissions::Read));
   }
 
   /// Reads a `T` at `addr`. A `T` of 1, 2, 4 or 8 bytes at an address aligned to its size is
   /// read with one access. Errors: as `read_slice`.
   template <ByteValued T>
   GUESTMEM_ALWAYS_INLINE Result<T> read_obj(Addr addr) const {
-    std::array<std::byte, sizeof(T)> raw;
-    if (auto r = all_or_partial(read_into(std::span(raw), addr), sizeof(T)); !r) [[unlikely]] {
-      return std::unexpected(r.error());
+    if constexpr (std::is_default_constructible_v<T>) {
+      // Read straight into a T: GCC copies a byte array through bit_cast several times.
+      T value;
+      const std::size_t done = read_pieces(writable_bytes_of(value), addr);
+      if (done == sizeof(T)) [[likely]] {
+        return value;
+      }
+      return std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
+    } else {
+      std::array<std::byte, sizeof(T)> raw;
+      const std::size_t done = read_pieces(std::span(raw), addr);
+      if (done == sizeof(T)) [[likely]] {
+        return std::bit_cast<T>(raw);
+      }
+      return std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
     }
-    return std::bit_cast<T>(raw);
   }
 
   /// Writes `value` at `addr`, with one access under the same condition as `read_obj`.
   /// Errors: as `write_slice`.
   template <ByteValued T>
   GUESTMEM_ALWAYS_INLINE Result<void> write_obj(const T& value, Addr addr) const {
-    return all_or_partial(write_from(bytes_of(value), addr), sizeof(T));
+    const std::size_t done = write_pieces(bytes_of(value), addr);
+    if (done == sizeof(T)) [[likely]] {
+      return {};
+    }
+    return std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Write));
   }
 
   /// Atomically stores `value` at `addr` with memory order `order`.
@@ -120,13 +151,14 @@ class BytesMixin {
   /// region). Preconditions: `order` is a valid store order (aborts otherwise).
   template <AtomicAccess T>
   GUESTMEM_ALWAYS_INLINE Result<void> store(T value, Addr addr, std::memory_order order) const {
-    auto slice = single_slice<T>(addr, Permissions::Write);
-    if (!slice) [[unlikely]] {
-      return std::unexpected(slice.error());
+    auto piece = self().first_piece(addr, sizeof(T), Permissions::Write);
+    if (!piece || piece->size() < sizeof(T) || !is_aligned(piece->unsafe_host_ptr(), sizeof(T)))
+        [[unlikely]] {
+      return single_access_failure<T>(addr, Permissions::Write);
     }
-    // SAFETY: single_slice checked that the piece holds sizeof(T) bytes aligned to sizeof(T).
-    atomic_store(slice->unsafe_host_ptr(), value, order);
-    slice->bitmap().mark_dirty(0, sizeof(T));
+    // SAFETY: the piece holds sizeof(T) bytes aligned to sizeof(T) (checked above).
+    atomic_store(piece->unsafe_host_ptr(), value, order);
+    piece->bitmap().mark_dirty(0, sizeof(T));
     return {};
   }
 
@@ -134,12 +166,13 @@ class BytesMixin {
   /// Errors and preconditions: as `store`, with a valid load order.
   template <AtomicAccess T>
   GUESTMEM_ALWAYS_INLINE Result<T> load(Addr addr, std::memory_order order) const {
-    auto slice = single_slice<T>(addr, Permissions::Read);
-    if (!slice) [[unlikely]] {
-      return std::unexpected(slice.error());
+    auto piece = self().first_piece(addr, sizeof(T), Permissions::Read);
+    if (!piece || piece->size() < sizeof(T) || !is_aligned(piece->unsafe_host_ptr(), sizeof(T)))
+        [[unlikely]] {
+      return single_access_failure<T>(addr, Permissions::Read);
     }
-    // SAFETY: single_slice checked that the piece holds sizeof(T) bytes aligned to sizeof(T).
-    return atomic_load<T>(slice->unsafe_host_ptr(), order);
+    // SAFETY: the piece holds sizeof(T) bytes aligned to sizeof(T) (checked above).
+    return atomic_load<T>(piece->unsafe_host_ptr(), order);
   }
 
   /// Reads up to `count` bytes from `src` into guest memory at `addr`, straight from the
@@ -151,8 +184,13 @@ class BytesMixin {
   /// Errors: the container's out-of-range error; IoError when `src` fails before moving any
   /// byte; CallbackOutOfRange when `src` claims more bytes than it was offered.
   template <ReadVolatile R>
-  Result<std::size_t> read_volatile_from(Addr addr, R& src, std::size_t count) const {
-    return keep_progress(transfer_in(addr, src, count));
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> read_volatile_from(Addr addr, R& src,
+                                                                std::size_t count) const {
+    auto moved = transfer_in(addr, src, count);
+    if (moved) [[likely]] {
+      return *moved;
+    }
+    return keep_progress(moved.error());
   }
 
   /// Reads exactly `count` bytes from `src` into guest memory at `addr`, calling `src` again
@@ -161,21 +199,28 @@ class BytesMixin {
   /// done) when the range or the source ends early; IoError or CallbackOutOfRange with
   /// `completed()` = bytes transferred before the failure. Bytes transferred stay written.
   template <ReadVolatile R>
-  Result<void> read_exact_volatile_from(Addr addr, R& src, std::size_t count) const {
+  GUESTMEM_ALWAYS_INLINE Result<void> read_exact_volatile_from(Addr addr, R& src,
+                                                               std::size_t count) const {
     return exact(addr, count, [&](Addr at, std::size_t n) { return transfer_in(at, src, n); });
   }
 
   /// Writes up to `count` bytes of guest memory at `addr` to `dst`, as `read_volatile_from`
   /// in the other direction. Stops short when `dst` accepts fewer bytes than offered.
   template <WriteVolatile W>
-  Result<std::size_t> write_volatile_to(Addr addr, W& dst, std::size_t count) const {
-    return keep_progress(transfer_out(addr, dst, count));
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> write_volatile_to(Addr addr, W& dst,
+                                                               std::size_t count) const {
+    auto moved = transfer_out(addr, dst, count);
+    if (moved) [[likely]] {
+      return *moved;
+    }
+    return keep_progress(moved.error());
   }
 
   /// Writes exactly `count` bytes of guest memory at `addr` to `dst`, as
   /// `read_exact_volatile_from` in the other direction.
   template <WriteVolatile W>
-  Result<void> write_all_volatile_to(Addr addr, W& dst, std::size_t count) const {
+  GUESTMEM_ALWAYS_INLINE Result<void> write_all_volatile_to(Addr addr, W& dst,
+                                                            std::size_t count) const {
     return exact(addr, count, [&](Addr at, std::size_t n) { return transfer_out(at, dst, n); });
   }
 
@@ -191,150 +236,212 @@ class BytesMixin {
 
   [[nodiscard]] const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
 
-  GUESTMEM_ALWAYS_INLINE static Result<void> all_or_partial(Result<std::size_t> moved, std::size_t expected) {
-    if (!moved) {
-      return std::unexpected(moved.error());
-    }
-    if (*moved != expected) {
-      return std::unexpected(Error::partial_buffer(expected, *moved));
-    }
-    return {};
-  }
+  // ---- copies. The whole access in its first piece is handled inline; anything else
+  // (pieces in adjacent regions, a hole) by an out-of-line walk that gets the first piece in
+  // registers and returns a plain count. No Result or Error is built on these paths: an Error
+  // on the success path costs more than the access. `N` is the buffer's static extent, when
+  // it has one: for objects it bounds every copy at compile time.
 
-  static Result<std::size_t> keep_progress(Result<std::size_t> moved) {
-    if (!moved && moved.error().code() == ErrorCode::IoError && moved.error().completed() > 0) {
-      return moved.error().completed();
-    }
-    return moved;
-  }
-
-  // The copy loops behind read/write and the object accesses. `N` is the buffer's static
-  // extent: for objects it bounds every piece at compile time.
+  // Copies buf into [addr, ...) and reports the bytes written: buf.size(), fewer at a hole,
+  // 0 when `addr` itself is outside.
   template <std::size_t N>
-  GUESTMEM_ALWAYS_INLINE Result<std::size_t> write_from(std::span<const std::byte, N> buf,
-                                                        Addr addr) const {
+  GUESTMEM_ALWAYS_INLINE std::size_t write_pieces(std::span<const std::byte, N> buf,
+                                                  Addr addr) const {
     if (buf.empty()) {
       return 0;
     }
-    return for_each_slice(addr, buf.size(), Permissions::Write,
-                          [&](const auto& slice, std::size_t done) -> std::size_t {
-                            // The pieces add up to at most buf.size() bytes, so n is the
-                            // piece; the min() lets the compiler see the buffer bound.
-                            const std::size_t n = std::min(slice.size(), buf.size() - done);
-                            // SAFETY: `slice` is a live view of at least n bytes, and
-                            // done + n <= buf.size().
-                            write_guest<N>(slice.unsafe_host_ptr(), buf.data() + done, n);
-                            slice.bitmap().mark_dirty(0, n);
-                            return n;
-                          });
+    auto first = self().first_piece(addr, buf.size(), Permissions::Write);
+    if (!first) [[unlikely]] {
+      return 0;
+    }
+    if (first->size() == buf.size()) [[likely]] {
+      // SAFETY: the piece is a live view of exactly buf.size() bytes.
+      write_guest<N>(first->unsafe_host_ptr(), buf.data(), buf.size());
+      first->bitmap().mark_dirty(0, buf.size());
+      return buf.size();
+    }
+    return write_rest(buf, addr, *first);
   }
 
   template <std::size_t N>
-  GUESTMEM_ALWAYS_INLINE Result<std::size_t> read_into(std::span<std::byte, N> buf,
-                                                       Addr addr) const {
+  GUESTMEM_ALWAYS_INLINE std::size_t read_pieces(std::span<std::byte, N> buf, Addr addr) const {
     if (buf.empty()) {
       return 0;
     }
-    return for_each_slice(addr, buf.size(), Permissions::Read,
-                          [&](const auto& slice, std::size_t done) -> std::size_t {
-                            const std::size_t n = std::min(slice.size(), buf.size() - done);
-                            // SAFETY: as in write_from, with the direction reversed.
-                            read_guest<N>(buf.data() + done, slice.unsafe_host_ptr(), n);
-                            return n;
-                          });
+    auto first = self().first_piece(addr, buf.size(), Permissions::Read);
+    if (!first) [[unlikely]] {
+      return 0;
+    }
+    if (first->size() == buf.size()) [[likely]] {
+      // SAFETY: the piece is a live view of exactly buf.size() bytes.
+      read_guest<N>(buf.data(), first->unsafe_host_ptr(), buf.size());
+      return buf.size();
+    }
+    return read_rest(buf, addr, *first);
+  }
+
+  // The walk over the pieces of an access that did not fit its first piece.
+  template <std::size_t N, class Piece>
+  [[gnu::noinline]] std::size_t write_rest(std::span<const std::byte, N> buf, Addr addr,
+                                           Piece first) const {
+    return walk(addr, buf.size(), Permissions::Write, std::move(first),
+                [buf](const Piece& piece, std::size_t done) -> std::size_t {
+                  // The pieces add up to at most buf.size() bytes, so n is the piece; the
+                  // min() lets the compiler see the buffer bound.
+                  const std::size_t n = std::min(piece.size(), buf.size() - done);
+                  // SAFETY: `piece` is a live view of at least n bytes, and
+                  // done + n <= buf.size().
+                  write_guest<N>(piece.unsafe_host_ptr(), buf.data() + done, n);
+                  piece.bitmap().mark_dirty(0, n);
+                  return n;
+                });
+  }
+
+  template <std::size_t N, class Piece>
+  [[gnu::noinline]] std::size_t read_rest(std::span<std::byte, N> buf, Addr addr,
+                                          Piece first) const {
+    return walk(addr, buf.size(), Permissions::Read, std::move(first),
+                [buf](const Piece& piece, std::size_t done) -> std::size_t {
+                  const std::size_t n = std::min(piece.size(), buf.size() - done);
+                  // SAFETY: as in write_rest, with the direction reversed.
+                  read_guest<N>(buf.data() + done, piece.unsafe_host_ptr(), n);
+                  return n;
+                });
+  }
+
+  // Runs `step(piece, done)` over the pieces of [addr, addr + count), starting with `piece`
+  // (the first one), until one is missing, `step` handles fewer bytes than its piece, or
+  // `count` bytes are done; returns the bytes done.
+  template <class Piece, class Step>
+  GUESTMEM_ALWAYS_INLINE std::size_t walk(Addr addr, std::size_t count, Permissions access,
+                                          Piece piece, Step&& step) const {
+    std::size_t done = 0;
+    for (;;) {
+      const std::size_t n = step(piece, done);
+      done += n;
+      if (done == count || n < piece.size()) {
+        return done;
+      }
+      // Cannot wrap: addr + done is the end of a piece that exists.
+      auto next = self().first_piece(advance(addr, done), count - done, access);
+      if (!next) {
+        return done;
+      }
+      piece = std::move(*next);
+    }
+  }
+
+  // The error of an all-or-nothing access that moved `done` of `expected` bytes.
+  [[gnu::noinline]] Error partial_error(std::size_t done, Addr addr, std::size_t expected,
+                                        Permissions access) const {
+    if (done == 0) {
+      return first_piece_error(addr, expected, access).error();
+    }
+    return Error::partial_buffer(expected, done);
+  }
+
+  // The error for [addr, addr + count) when its first piece is missing.
+  [[gnu::noinline]] std::unexpected<Error> first_piece_error(Addr addr, std::size_t count,
+                                                             Permissions access) const {
+    auto slices = self().slices_for(addr, count, access);
+    if (!slices) {
+      return std::unexpected(slices.error());
+    }
+    auto item = slices->next();
+    GUESTMEM_ASSERT(item && !item->has_value(),
+                    "slices_for found a first piece that first_piece did not");
+    return std::unexpected(item->error());
+  }
+
+  // The error of a single access of sizeof(T) bytes at `addr` that the fast path refused.
+  template <class T>
+  [[gnu::noinline]] std::unexpected<Error> single_access_failure(Addr addr,
+                                                                 Permissions access) const {
+    auto slices = self().slices_for(addr, sizeof(T), access);
+    if (!slices) {
+      return std::unexpected(slices.error());
+    }
+    auto item = slices->next();
+    if (!item->has_value()) {
+      return std::unexpected(item->error());
+    }
+    if ((*item)->size() < sizeof(T)) {
+      return std::unexpected(self().single_access_error(ErrorCode::OutOfBounds, addr, sizeof(T)));
+    }
+    return std::unexpected(self().single_access_error(ErrorCode::Misaligned, addr, sizeof(T)));
+  }
+
+  // A transfer that failed after moving bytes reports the bytes, as read(2) does.
+  [[gnu::noinline]] static Result<std::size_t> keep_progress(const Error& error) {
+    if (error.code() == ErrorCode::IoError && error.completed() > 0) {
+      return error.completed();
+    }
+    return std::unexpected(error);
   }
 
   // Runs `step(slice, done)` over the pieces of [addr, addr + count); `done` is the number of
   // bytes handled before the piece. `step` returns the bytes of the piece it handled, as
   // std::size_t or Result<std::size_t>; fewer than the piece ends the walk. Returns the bytes
-  // handled. A failed step is returned with completed() = bytes handled before it.
-  // The first piece is handled inline (most accesses are one piece); the rest out of line.
+  // handled. The first piece missing is an error; a later one missing ends the walk. A failed
+  // step is returned with completed() = bytes handled before it.
   template <class Step>
   GUESTMEM_ALWAYS_INLINE Result<std::size_t> for_each_slice(Addr addr, std::size_t count,
                                                             Permissions access,
                                                             Step&& step) const {
     auto slices = self().slices_for(addr, count, access);
-    if (!slices) [[unlikely]] {
+    if (!slices) {
       return std::unexpected(slices.error());
     }
-    auto first = slices->next();
-    if (!first->has_value()) [[unlikely]] {
-      return std::unexpected(first->error());
-    }
-    auto moved = run_step(step, **first, 0);
-    if (!moved) [[unlikely]] {
-      return moved;
-    }
-    if (*moved == count || *moved < (*first)->size()) [[likely]] {
-      return moved;
-    }
-    return continue_slices(*slices, *moved, step);
-  }
-
-  template <class Step, class Slice>
-  GUESTMEM_ALWAYS_INLINE static Result<std::size_t> run_step(Step& step, const Slice& slice,
-                                                             std::size_t done) {
-    if constexpr (std::is_same_v<decltype(step(slice, done)), std::size_t>) {
-      return step(slice, done);
-    } else {
-      auto result = step(slice, done);
-      if (!result) [[unlikely]] {
-        return std::unexpected(result.error().with_completed(done));
-      }
-      return *result;
-    }
-  }
-
-  // The pieces after the first, for accesses that cross into further regions.
-  template <class Iter, class Step>
-  [[gnu::noinline]] static Result<std::size_t> continue_slices(Iter& slices, std::size_t done,
-                                                               Step& step) {
-    while (auto item = slices.next()) {
+    std::size_t done = 0;
+    while (auto item = slices->next()) {
       if (!item->has_value()) {
+        if (done == 0) {
+          return std::unexpected(item->error());
+        }
         break;
       }
-      auto moved = run_step(step, **item, done);
-      if (!moved) {
-        return moved;
+      const auto& slice = **item;
+      std::size_t moved = 0;
+      if constexpr (std::is_same_v<decltype(step(slice, done)), std::size_t>) {
+        moved = step(slice, done);
+      } else {
+        auto result = step(slice, done);
+        if (!result) {
+          return std::unexpected(result.error().with_completed(done));
+        }
+        moved = *result;
       }
-      done += *moved;
-      if (*moved < (*item)->size()) {
+      done += moved;
+      if (moved < slice.size()) {
         break;
       }
     }
     return done;
   }
 
-  // The piece for a single access of sizeof(T) bytes at `addr`, checked for length and
-  // natural alignment.
-  template <class T>
-  GUESTMEM_ALWAYS_INLINE auto single_slice(Addr addr, Permissions access) const {
-    auto slices = self().slices_for(addr, sizeof(T), access);
-    using Slice = std::remove_cvref_t<decltype(**slices->next())>;
-    using Checked = Result<Slice>;
-    if (!slices) [[unlikely]] {
-      return Checked(std::unexpect, slices.error());
-    }
-    auto item = slices->next();
-    if (!item->has_value()) [[unlikely]] {
-      return Checked(std::unexpect, item->error());
-    }
-    if ((*item)->size() < sizeof(T)) [[unlikely]] {
-      return Checked(std::unexpect,
-                     self().single_access_error(ErrorCode::OutOfBounds, addr, sizeof(T)));
-    }
-    if (!is_aligned((*item)->unsafe_host_ptr(), sizeof(T))) [[unlikely]] {
-      return Checked(std::unexpect,
-                     self().single_access_error(ErrorCode::Misaligned, addr, sizeof(T)));
-    }
-    return Checked(std::move(**item));
-  }
-
+  // One transfer into [addr, addr + count): a single call when the range is one piece,
+  // the general walk otherwise. Errors carry completed() = bytes moved before them.
   template <ReadVolatile R>
-  Result<std::size_t> transfer_in(Addr addr, R& src, std::size_t count) const {
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> transfer_in(Addr addr, R& src,
+                                                         std::size_t count) const {
     if (count == 0) {
       return 0;
     }
+    if (auto piece = self().first_piece(addr, count, Permissions::Write);
+        piece && piece->size() == count) [[likely]] {
+      auto moved = src.read_volatile(untracked(*piece));
+      if (moved && *moved <= count) [[likely]] {
+        piece->bitmap().mark_dirty(0, *moved);
+        return *moved;
+      }
+      return std::unexpected(moved ? Error::callback_out_of_range(count, *moved) : moved.error());
+    }
+    return transfer_in_slow(addr, src, count);
+  }
+
+  template <ReadVolatile R>
+  [[gnu::noinline]] Result<std::size_t> transfer_in_slow(Addr addr, R& src,
+                                                         std::size_t count) const {
     if constexpr (ReadVolatileVectored<R>) {
       return vectored<true>(addr, count, Permissions::Write,
                             [&](auto views) { return src.read_volatile_vectored(views); });
@@ -355,10 +462,25 @@ class BytesMixin {
   }
 
   template <WriteVolatile W>
-  Result<std::size_t> transfer_out(Addr addr, W& dst, std::size_t count) const {
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> transfer_out(Addr addr, W& dst,
+                                                          std::size_t count) const {
     if (count == 0) {
       return 0;
     }
+    if (auto piece = self().first_piece(addr, count, Permissions::Read);
+        piece && piece->size() == count) [[likely]] {
+      auto moved = dst.write_volatile(untracked(*piece));
+      if (moved && *moved <= count) [[likely]] {
+        return *moved;
+      }
+      return std::unexpected(moved ? Error::callback_out_of_range(count, *moved) : moved.error());
+    }
+    return transfer_out_slow(addr, dst, count);
+  }
+
+  template <WriteVolatile W>
+  [[gnu::noinline]] Result<std::size_t> transfer_out_slow(Addr addr, W& dst,
+                                                          std::size_t count) const {
     if constexpr (WriteVolatileVectored<W>) {
       return vectored<false>(addr, count, Permissions::Read,
                              [&](auto views) { return dst.write_volatile_vectored(views); });
@@ -434,12 +556,25 @@ class BytesMixin {
     return done;
   }
 
-  // Repeats `transfer(at, n)` until `count` bytes are done.
+  // Repeats `transfer(at, n)` until `count` bytes are done; the first call inline.
   template <class Transfer>
-  Result<void> exact(Addr addr, std::size_t count, Transfer&& transfer) const {
+  GUESTMEM_ALWAYS_INLINE Result<void> exact(Addr addr, std::size_t count,
+                                            Transfer&& transfer) const {
+    if (count == 0) {
+      return {};
+    }
+    auto first = transfer(addr, count);
+    if (first && *first == count) [[likely]] {
+      return {};
+    }
+    return exact_rest(addr, count, first, transfer);
+  }
+
+  template <class Transfer>
+  [[gnu::noinline]] Result<void> exact_rest(Addr addr, std::size_t count,
+                                            Result<std::size_t> moved, Transfer& transfer) const {
     std::size_t done = 0;
-    while (done < count) {
-      auto moved = transfer(advance(addr, done), count - done);
+    for (;;) {
       if (!moved) {
         const Error& error = moved.error();
         if (error.code() == ErrorCode::IoError || error.code() == ErrorCode::CallbackOutOfRange) {
@@ -454,8 +589,11 @@ class BytesMixin {
         return std::unexpected(Error::partial_buffer(count, done));
       }
       done += *moved;
+      if (done == count) {
+        return {};
+      }
+      moved = transfer(advance(addr, done), count - done);
     }
-    return {};
   }
 };
 
