@@ -59,6 +59,8 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "InvalidPointer";
     case ErrorCode::MapFixed:
       return "MapFixed";
+    case ErrorCode::InvalidBitmap:
+      return "InvalidBitmap";
   }
   return "UnknownErrorCode";
 }
@@ -111,6 +113,9 @@ std::string Error::message() const {
       return "mapping pointer " + hex(address_) + " is not page aligned";
     case ErrorCode::MapFixed:
       return "MAP_FIXED is not allowed: it would silently replace existing mappings";
+    case ErrorCode::InvalidBitmap:
+      return "dirty bitmap of " + to_string(address_) + " words does not match one of " +
+             to_string(length_) + " words (or sets bits past the last page)";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }

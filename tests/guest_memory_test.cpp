@@ -16,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include "guestmem/atomic_bitmap.hpp"
 #include "guestmem/io.hpp"
 #include "test_support.hpp"
 
@@ -442,6 +443,8 @@ constexpr std::array<Layout, 4> kLayout{{{0x0, 0x1000},
                                          {0x2001, 0xfff},
                                          {kTop - 0x1000, 0x1000}}};
 
+// Run over untracked and tracked memory: dirty tracking must not change any result.
+template <class B>
 class EdgeTable : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -449,7 +452,7 @@ class EdgeTable : public ::testing::Test {
     for (const auto& r : kLayout) {
       ranges.emplace_back(GuestAddress{r.start}, r.size);
     }
-    auto built = GuestMemoryMmap<>::from_ranges(ranges);
+    auto built = GuestMemoryMmap<B>::from_ranges(ranges);
     ASSERT_TRUE(built.has_value()) << built.error();
     mem_ = std::move(*built);
   }
@@ -506,22 +509,25 @@ class EdgeTable : public ::testing::Test {
     return it == model_.end() ? std::byte{0} : it->second;
   }
 
-  GuestMemoryMmap<> mem_;
+  GuestMemoryMmap<B> mem_;
   std::map<std::uint64_t, std::byte> model_;
 };
+
+using BitmapTypes = ::testing::Types<NoBitmap, AtomicBitmap>;
+TYPED_TEST_SUITE(EdgeTable, BitmapTypes);
 
 constexpr std::array<std::size_t, 14> kLengths{0, 1, 2, 3, 4, 7, 8, 9, 16, 17, 0xfff, 0x1000,
                                                0x1001, 0x2001};
 
-TEST_F(EdgeTable, WriteAndReadEveryAddressLengthPair) {
+TYPED_TEST(EdgeTable, WriteAndReadEveryAddressLengthPair) {
   std::uint8_t seed = 1;
-  for (std::uint64_t a : addresses()) {
+  for (std::uint64_t a : TestFixture::addresses()) {
     for (std::size_t len : kLengths) {
       SCOPED_TRACE(::testing::Message() << "addr " << to_string(GuestAddress{a}) << " len " << len);
-      const std::uint64_t n = available(a, len);
+      const std::uint64_t n = TestFixture::available(a, len);
       const auto data = pattern(len, seed++);
 
-      auto wrote = mem_.write(data, GuestAddress{a});
+      auto wrote = this->mem_.write(data, GuestAddress{a});
       if (len == 0) {
         EXPECT_EQ(wrote, 0u);
       } else if (n == 0) {
@@ -529,12 +535,12 @@ TEST_F(EdgeTable, WriteAndReadEveryAddressLengthPair) {
       } else {
         EXPECT_EQ(wrote, n);
         for (std::uint64_t i = 0; i < n; ++i) {
-          model_[a + i] = data[i];
+          this->model_[a + i] = data[i];
         }
       }
 
       std::vector<std::byte> back(len, std::byte{0xee});
-      auto read = mem_.read(back, GuestAddress{a});
+      auto read = this->mem_.read(back, GuestAddress{a});
       if (len == 0) {
         EXPECT_EQ(read, 0u);
       } else if (n == 0) {
@@ -542,15 +548,15 @@ TEST_F(EdgeTable, WriteAndReadEveryAddressLengthPair) {
       } else {
         ASSERT_EQ(read, n);
         for (std::uint64_t i = 0; i < n; ++i) {
-          ASSERT_EQ(back[i], model_at(a + i)) << "byte " << i;
+          ASSERT_EQ(back[i], this->model_at(a + i)) << "byte " << i;
         }
         for (std::uint64_t i = n; i < len; ++i) {
           ASSERT_EQ(back[i], std::byte{0xee}) << "read past the hole at byte " << i;
         }
       }
 
-      EXPECT_EQ(mem_.check_range(GuestAddress{a}, len), len == 0 || n == len);
-      auto slice_read = mem_.read_slice(back, GuestAddress{a});
+      EXPECT_EQ(this->mem_.check_range(GuestAddress{a}, len), len == 0 || n == len);
+      auto slice_read = this->mem_.read_slice(back, GuestAddress{a});
       if (len == 0 || n == len) {
         EXPECT_TRUE(slice_read.has_value());
       } else if (n == 0) {
@@ -562,13 +568,13 @@ TEST_F(EdgeTable, WriteAndReadEveryAddressLengthPair) {
   }
 }
 
-TEST_F(EdgeTable, WriteSliceWritesTheFirstBytesBeforeFailing) {
-  for (std::uint64_t a : addresses()) {
+TYPED_TEST(EdgeTable, WriteSliceWritesTheFirstBytesBeforeFailing) {
+  for (std::uint64_t a : TestFixture::addresses()) {
     for (std::size_t len : kLengths) {
       SCOPED_TRACE(::testing::Message() << "addr " << to_string(GuestAddress{a}) << " len " << len);
-      const std::uint64_t n = available(a, len);
+      const std::uint64_t n = TestFixture::available(a, len);
       const auto data = pattern(len, static_cast<std::uint8_t>(a + len));
-      auto r = mem_.write_slice(data, GuestAddress{a});
+      auto r = this->mem_.write_slice(data, GuestAddress{a});
       if (len == 0 || n == len) {
         EXPECT_TRUE(r.has_value());
       } else if (n == 0) {
@@ -578,19 +584,19 @@ TEST_F(EdgeTable, WriteSliceWritesTheFirstBytesBeforeFailing) {
       }
       if (n > 0 && len > 0) {
         std::vector<std::byte> back(n);
-        ASSERT_EQ(mem_.read(back, GuestAddress{a}), n);
+        ASSERT_EQ(this->mem_.read(back, GuestAddress{a}), n);
         EXPECT_TRUE(std::equal(back.begin(), back.end(), data.begin()));
       }
     }
   }
 }
 
-TEST_F(EdgeTable, ObjectsAndAtomics) {
-  for (std::uint64_t a : addresses()) {
+TYPED_TEST(EdgeTable, ObjectsAndAtomics) {
+  for (std::uint64_t a : TestFixture::addresses()) {
     SCOPED_TRACE(to_string(GuestAddress{a}));
-    const std::uint64_t n = available(a, 8);
-    auto wrote = mem_.write_obj(std::uint64_t{0x0807060504030201}, GuestAddress{a});
-    auto read = mem_.read_obj<std::uint64_t>(GuestAddress{a});
+    const std::uint64_t n = TestFixture::available(a, 8);
+    auto wrote = this->mem_.write_obj(std::uint64_t{0x0807060504030201}, GuestAddress{a});
+    auto read = this->mem_.template read_obj<std::uint64_t>(GuestAddress{a});
     if (n == 8) {
       EXPECT_TRUE(wrote.has_value());
       EXPECT_EQ(read, 0x0807060504030201u);
@@ -602,9 +608,9 @@ TEST_F(EdgeTable, ObjectsAndAtomics) {
       EXPECT_EQ(read.error(), Error::partial_buffer(8, n));
     }
 
-    const Layout* region = region_of(a);
-    auto stored = mem_.store<std::uint32_t>(0xa5a5a5a5, GuestAddress{a}, std::memory_order_seq_cst);
-    auto loaded = mem_.load<std::uint32_t>(GuestAddress{a}, std::memory_order_seq_cst);
+    const Layout* region = TestFixture::region_of(a);
+    auto stored = this->mem_.template store<std::uint32_t>(0xa5a5a5a5, GuestAddress{a}, std::memory_order_seq_cst);
+    auto loaded = this->mem_.template load<std::uint32_t>(GuestAddress{a}, std::memory_order_seq_cst);
     if (region == nullptr) {
       EXPECT_EQ(stored.error(), Error::invalid_guest_address(GuestAddress{a}));
       EXPECT_EQ(loaded.error(), Error::invalid_guest_address(GuestAddress{a}));
@@ -623,7 +629,7 @@ TEST_F(EdgeTable, ObjectsAndAtomics) {
 
 // Zircon-style table of hostile addresses with hostile lengths: nothing may crash, and the
 // counts must match the model.
-TEST_F(EdgeTable, HostileAddressesAndLengths) {
+TYPED_TEST(EdgeTable, HostileAddressesAndLengths) {
   constexpr std::array<std::uint64_t, 12> kHostile{
       0, 0xfff, 0x2000, 0x2001, std::uint64_t{1} << 32, std::uint64_t{1} << 63,
       kTop - 0x1001, kTop - 0x1000, kTop - 2, kTop - 1, kTop, 0xdeadbeefcafebabe};
@@ -634,10 +640,10 @@ TEST_F(EdgeTable, HostileAddressesAndLengths) {
   for (std::uint64_t a : kHostile) {
     for (std::size_t len : kHuge) {
       SCOPED_TRACE(::testing::Message() << to_string(GuestAddress{a}) << " len " << len);
-      const std::uint64_t n = available(a, len);
-      EXPECT_EQ(mem_.check_range(GuestAddress{a}, len), n == len);
+      const std::uint64_t n = TestFixture::available(a, len);
+      EXPECT_EQ(this->mem_.check_range(GuestAddress{a}, len), n == len);
       std::uint64_t total = 0;
-      for (const auto& item : mem_.get_slices(GuestAddress{a}, len)) {
+      for (const auto& item : this->mem_.get_slices(GuestAddress{a}, len)) {
         if (!item.has_value()) {
           break;
         }
@@ -645,7 +651,7 @@ TEST_F(EdgeTable, HostileAddressesAndLengths) {
       }
       EXPECT_EQ(total, n);
       SpanReader src{data};
-      auto moved = mem_.read_volatile_from(GuestAddress{a}, src, len);
+      auto moved = this->mem_.read_volatile_from(GuestAddress{a}, src, len);
       if (n == 0) {
         EXPECT_EQ(moved.error(), Error::invalid_guest_address(GuestAddress{a}));
       } else {

@@ -56,6 +56,7 @@ class RecordingBitmap {
   class Slice {
    public:
     using slice_type = Slice;
+    Slice() = default;  // the inert placeholder
     Slice(std::shared_ptr<State> state, std::size_t base) : state_(std::move(state)), base_(base) {}
     void mark_dirty(std::size_t offset, std::size_t len) const {
       std::lock_guard lock(state_->mutex);
@@ -74,7 +75,7 @@ class RecordingBitmap {
 
    private:
     std::shared_ptr<State> state_;
-    std::size_t base_;
+    std::size_t base_ = 0;
   };
   using slice_type = Slice;
 

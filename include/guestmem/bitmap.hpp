@@ -21,9 +21,12 @@
 
 namespace guestmem {
 
-/// A bitmap seen from an offset. Cheap to copy; marks through a slice are relative to it.
+/// A bitmap seen from an offset. Cheap to copy; marks through a slice are relative to it. A
+/// default-constructed slice is an inert placeholder (lookup tables hold one for "no region");
+/// nothing ever marks through it.
 template <class S>
-concept BitmapSlice = std::copyable<S> && requires(const S& s, std::size_t offset, std::size_t len) {
+concept BitmapSlice = std::copyable<S> && std::default_initializable<S> &&
+                      requires(const S& s, std::size_t offset, std::size_t len) {
   { s.mark_dirty(offset, len) } -> std::same_as<void>;
   { s.dirty_at(offset) } -> std::convertible_to<bool>;
   { s.slice_at(offset) } -> std::same_as<S>;
@@ -63,6 +66,8 @@ class BitmapRefSlice {
  public:
   using slice_type = BitmapRefSlice;
 
+  /// The inert placeholder: refers to no bitmap and must not be marked through.
+  constexpr BitmapRefSlice() noexcept = default;
   constexpr BitmapRefSlice(const B& bitmap, std::size_t base) noexcept
       : bitmap_(&bitmap), base_(base) {}
 
@@ -75,8 +80,8 @@ class BitmapRefSlice {
   [[nodiscard]] constexpr std::size_t base() const noexcept { return base_; }
 
  private:
-  const B* bitmap_;
-  std::size_t base_;
+  const B* bitmap_ = nullptr;
+  std::size_t base_ = 0;
 };
 
 static_assert(Bitmap<NoBitmap> && NewBitmap<NoBitmap>);

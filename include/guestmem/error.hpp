@@ -25,6 +25,7 @@
 //   InvalidOffsetLength      file offset             size           -                   -
 //   InvalidPointer           the pointer             -              -                   -
 //   MapFixed                 -                       -              -                   -
+//   InvalidBitmap            words given             words expected -                   -
 //
 //   auto r = mem.read_obj<std::uint32_t>(addr);
 //   if (!r && r.error().code() == ErrorCode::PartialBuffer) {
@@ -90,6 +91,8 @@ enum class ErrorCode : std::uint8_t {
   InvalidPointer,
   /// MAP_FIXED was passed to a builder that must not replace existing mappings.
   MapFixed,
+  /// A dirty bitmap from outside does not match the bitmap it is merged into.
+  InvalidBitmap,
 };
 
 /// The enumerator's name, for example "PartialBuffer".

@@ -308,17 +308,18 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
 
   static constexpr std::size_t kNone = ~std::size_t{0};
 
-  // What an access needs of a region, packed so that a hit touches one cache line.
+  // What an access needs of a region, packed so that a hit touches one cache line: the
+  // region's bitmap slice is kept here so that a tracked write does not chase
+  // slot -> region -> bitmap.
   struct Slot {
-    std::uint64_t start;
-    std::uint64_t size;
-    std::uint8_t* host;
-    const region_type* region;
+    std::uint64_t start = 0;
+    std::uint64_t size = 0;
+    std::uint8_t* host = nullptr;
+    const region_type* region = nullptr;
+    [[no_unique_address]] typename B::slice_type bitmap{};
   };
-  // A slot that contains no address.
-  static constexpr Slot kNoSlot{0, 0, nullptr, nullptr};
-  // Two of them, for a memory without regions (see slots_).
-  static constexpr Slot kNoSlots[2] = {kNoSlot, kNoSlot};
+  // Two slots that contain no address, for a memory without regions (see slots_).
+  static inline const Slot kNoSlots[2]{};
 
   explicit GuestMemoryMmap(std::vector<RegionPtr> regions) : regions_(std::move(regions)) {
     std::vector<std::uint64_t> starts;
@@ -326,10 +327,11 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     slots_.reserve(regions_.size() + 1);
     for (const RegionPtr& r : regions_) {
       starts.push_back(r->start_addr().raw_value());
-      slots_.push_back(Slot{r->start_addr().raw_value(), r->len(), r->mapping().unsafe_host_ptr(), r.get()});
+      slots_.push_back(Slot{r->start_addr().raw_value(), r->len(), r->mapping().unsafe_host_ptr(),
+                            r.get(), r->bitmap().slice_at(0)});
     }
     if (!regions_.empty()) {
-      slots_.push_back(kNoSlot);
+      slots_.push_back(Slot{});
     }
     slot_data_ = regions_.empty() ? kNoSlots : slots_.data();
     tree_ = detail::SearchTree(starts);
@@ -358,7 +360,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   // The index of the region holding `addr`, or kNone.
   [[nodiscard]] GUESTMEM_ALWAYS_INLINE std::size_t find_index(GuestAddress addr) const noexcept {
     const std::uint64_t a = addr.raw_value();
-    // The hint and the slot after it are always valid slots (a trailing kNoSlot), so the hit
+    // The hint and the slot after it are always valid slots (a trailing empty one), so the hit
     // path is two loads from this object and one slot. The next region is checked too,
     // without moving the hint: an access that crosses into it then never searches, and the
     // next access from the hinted region still hits.
@@ -392,7 +394,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     const std::uint64_t offset = addr - slot.start;
     const std::size_t len = std::min<std::uint64_t>(count, slot.size - offset);
     // SAFETY: [offset, offset + len) lies inside the region, which this memory keeps alive.
-    return slice_type::from_raw_parts(slot.host + offset, len, slot.region->bitmap().slice_at(offset));
+    return slice_type::from_raw_parts(slot.host + offset, len, slot.bitmap.slice_at(offset));
   }
 
   // Byte-access hook: the first piece of [addr, addr + count).
@@ -420,7 +422,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   std::vector<RegionPtr> regions_;
   // The region starts, for lookups that miss the hint.
   detail::SearchTree tree_;
-  // One slot per region and a trailing kNoSlot, so that slot_data_[hint + 1] always exists.
+  // One slot per region and a trailing empty one, so that slot_data_[hint + 1] always exists.
   std::vector<Slot> slots_;
   // slots_.data(), or kNoSlots when there are no regions.
   const Slot* slot_data_ = kNoSlots;

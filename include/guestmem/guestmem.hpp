@@ -7,6 +7,7 @@
 //   endian.hpp          Le16/32/64, Be16/32/64
 //   permissions.hpp     Permissions
 //   bitmap.hpp          Bitmap, BitmapSlice, NewBitmap, NoBitmap
+//   atomic_bitmap.hpp   AtomicBitmap, AtomicBitmapSlice
 //   volatile_slice.hpp  VolatileSlice, VolatileRef, VolatileArrayRef
 //   volatile_io.hpp     ReadVolatile, WriteVolatile (+ Vectored)
 //   fd.hpp, io.hpp      UniqueFd, BorrowedFd, SpanReader, SpanWriter, VectorWriter
@@ -14,9 +15,12 @@
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
 //   concepts.hpp        Bytes, GuestMemoryRegion, GuestMemoryBackend, GuestMemory
+//   atomic_memory.hpp   GuestAddressSpace, GuestMemoryAtomic, SharedAddressSpace, RefAddressSpace
 #pragma once
 
 #include "guestmem/address.hpp"
+#include "guestmem/atomic_bitmap.hpp"
+#include "guestmem/atomic_memory.hpp"
 #include "guestmem/bitmap.hpp"
 #include "guestmem/byte_valued.hpp"
 #include "guestmem/concepts.hpp"
@@ -37,5 +41,9 @@ static_assert(Bytes<VolatileSlice<>, std::size_t>);
 static_assert(GuestMemoryRegion<GuestRegionMmap<>>);
 static_assert(GuestMemoryBackend<GuestMemoryMmap<>>);
 static_assert(GuestMemory<GuestMemoryMmap<>>);
+static_assert(GuestMemory<GuestMemoryMmap<AtomicBitmap>>);
+static_assert(GuestAddressSpace<GuestMemoryAtomic<GuestMemoryMmap<>>>);
+static_assert(GuestAddressSpace<SharedAddressSpace<GuestMemoryMmap<>>>);
+static_assert(GuestAddressSpace<RefAddressSpace<GuestMemoryMmap<>>>);
 
 }  // namespace guestmem

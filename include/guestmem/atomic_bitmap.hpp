@@ -1,0 +1,181 @@
+// guestmem: dirty-page tracking for live migration and snapshots.
+//
+// `AtomicBitmap` keeps one bit per page of a region (page size a power of two, default
+// 4096) and satisfies the `Bitmap` and `NewBitmap` concepts, so `GuestMemoryMmap<AtomicBitmap>`
+// tracks every write its accesses make. Its layout is KVM_GET_DIRTY_LOG's: bit i of 64-bit
+// word j is page 64j + i.
+//
+// What makes it cheap:
+// - mark_dirty sets whole words with one atomic operation each (not one per page), and none
+//   at all when the bits are already set: a write to a page that is already dirty costs one
+//   load. That shortcut is only correct because get_and_reset pays an asymmetric fence
+//   (detail/asymmetric_fence.hpp): a write that found its bit set is either seen by the
+//   reset that clears the bit, or finds the bit cleared and sets it again.
+// - get_and_reset, reset and merge skip clean words with a plain load.
+//
+// Guarantee: every page written (with a guestmem write path) after one get_and_reset returns
+// is reported by a later one, and a caller that copies the pages a reset reports, after it
+// returns, copies data at least as new as every write that reset accounts for.
+//
+//   auto mem = GuestMemoryMmap<AtomicBitmap>::from_ranges({{GuestAddress{0}, 1 << 30}});
+//   ...
+//   for (const auto& region : mem->regions()) {
+//     std::vector<std::uint64_t> dirty = region.bitmap().get_and_reset();  // KVM layout
+//     ...copy the pages whose bits are set...
+//   }
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "guestmem/bitmap.hpp"
+#include "guestmem/detail/asymmetric_fence.hpp"
+#include "guestmem/detail/config.hpp"
+#include "guestmem/error.hpp"
+
+namespace guestmem {
+
+namespace detail {
+
+// Sets the bits of the pages [offset, offset + len) touch, within `pages` pages; one atomic
+// operation per word that lacks a bit, none for words that have them all.
+GUESTMEM_ALWAYS_INLINE void mark_pages(std::atomic<std::uint64_t>* words, std::size_t pages,
+                                       unsigned shift, std::size_t offset,
+                                       std::size_t len) noexcept {
+  if (len == 0) [[unlikely]] {
+    return;
+  }
+  const std::size_t first = offset >> shift;
+  if (first >= pages) [[unlikely]] {
+    return;
+  }
+  std::size_t last = (offset + (len - 1)) >> shift;
+  if (last >= pages) [[unlikely]] {
+    last = pages - 1;
+  }
+  // Order the data stores of the write before the loads below (see the header comment).
+  light_fence();
+  const std::size_t last_word = last / 64;
+  for (std::size_t w = first / 64; w <= last_word; ++w) {
+    const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
+    const unsigned hi = w == last_word ? static_cast<unsigned>(last % 64) : 63U;
+    const std::uint64_t mask = (~std::uint64_t{0} >> (63U - hi)) & (~std::uint64_t{0} << lo);
+    if ((words[w].load(std::memory_order_relaxed) & mask) != mask) {
+      words[w].fetch_or(mask, std::memory_order_release);
+    }
+  }
+}
+
+[[nodiscard]] GUESTMEM_ALWAYS_INLINE bool page_dirty(const std::atomic<std::uint64_t>* words,
+                                                     std::size_t pages, unsigned shift,
+                                                     std::size_t offset) noexcept {
+  const std::size_t page = offset >> shift;
+  if (page >= pages) {
+    return false;
+  }
+  return ((words[page / 64].load(std::memory_order_relaxed) >> (page % 64)) & 1U) != 0;
+}
+
+}  // namespace detail
+
+/// An AtomicBitmap seen from a byte offset; what views of tracked memory carry.
+/// Validity: while the bitmap it came from is alive (moving the bitmap keeps it valid).
+class AtomicBitmapSlice {
+ public:
+  using slice_type = AtomicBitmapSlice;
+
+  /// The inert placeholder: covers no page, so marks through it do nothing.
+  constexpr AtomicBitmapSlice() noexcept = default;
+
+  /// Marks the pages [offset, offset + len) (relative to this slice) touch as dirty.
+  void mark_dirty(std::size_t offset, std::size_t len) const noexcept {
+    detail::mark_pages(words_, pages_, shift_, base_ + offset, len);
+  }
+  /// Whether the page holding `offset` (relative to this slice) is dirty.
+  [[nodiscard]] bool dirty_at(std::size_t offset) const noexcept {
+    return detail::page_dirty(words_, pages_, shift_, base_ + offset);
+  }
+  [[nodiscard]] AtomicBitmapSlice slice_at(std::size_t offset) const noexcept {
+    return AtomicBitmapSlice(words_, pages_, shift_, base_ + offset);
+  }
+
+ private:
+  friend class AtomicBitmap;
+  AtomicBitmapSlice(std::atomic<std::uint64_t>* words, std::size_t pages, unsigned shift,
+                    std::size_t base) noexcept
+      : words_(words), pages_(pages), shift_(shift), base_(base) {}
+
+  std::atomic<std::uint64_t>* words_ = nullptr;
+  std::size_t pages_ = 0;
+  unsigned shift_ = 0;
+  std::size_t base_ = 0;
+};
+
+/// One dirty bit per page of a memory of `len()` bytes. Moves, never copies. Every member
+/// function may be called concurrently with every other, from any thread; all of them are
+/// const because the bits are atomics that views of the memory share.
+class AtomicBitmap {
+ public:
+  using slice_type = AtomicBitmapSlice;
+
+  static constexpr std::size_t kDefaultPageSize = 4096;
+
+  /// A clean bitmap for `len` bytes in pages of `page_size` bytes.
+  /// Preconditions: page_size is a power of two (aborts otherwise).
+  explicit AtomicBitmap(std::size_t len, std::size_t page_size = kDefaultPageSize);
+
+  /// NewBitmap: a clean bitmap for `len` bytes in 4 KiB pages.
+  static AtomicBitmap with_len(std::size_t len) { return AtomicBitmap(len); }
+
+  /// Marks the pages [offset, offset + len) touch as dirty; parts past the end are ignored.
+  void mark_dirty(std::size_t offset, std::size_t len) const noexcept {
+    detail::mark_pages(words_.get(), pages_, shift_, offset, len);
+  }
+  /// Whether the page holding `offset` is dirty (false past the end).
+  [[nodiscard]] bool dirty_at(std::size_t offset) const noexcept {
+    return detail::page_dirty(words_.get(), pages_, shift_, offset);
+  }
+  /// The bitmap seen from `offset`.
+  [[nodiscard]] AtomicBitmapSlice slice_at(std::size_t offset) const noexcept {
+    return AtomicBitmapSlice(words_.get(), pages_, shift_, offset);
+  }
+
+  /// The dirty pages in KVM_GET_DIRTY_LOG's layout (num_words() words), clearing them. A
+  /// write concurrent with the call is reported by this call or by the next one.
+  [[nodiscard]] std::vector<std::uint64_t> get_and_reset() const;
+  /// As above, into `out` (a buffer a migration loop reuses round after round, as with
+  /// KVM_GET_DIRTY_LOG). Errors: InvalidBitmap when out.size() != num_words(); nothing is
+  /// cleared then.
+  Result<void> get_and_reset(std::span<std::uint64_t> out) const;
+  /// The dirty pages in the same layout, without clearing them.
+  [[nodiscard]] std::vector<std::uint64_t> to_words() const;
+  /// Clears every page.
+  void reset() const;
+  /// Clears the pages [offset, offset + len) touch; parts past the end are ignored.
+  void reset_range(std::size_t offset, std::size_t len) const;
+  /// Marks the pages set in `words` (KVM_GET_DIRTY_LOG's layout, from KVM or a peer) as dirty.
+  /// Errors: InvalidBitmap when `words` is not num_words() long or sets a bit past the last
+  /// page; nothing is merged then.
+  Result<void> merge(std::span<const std::uint64_t> words) const;
+
+  /// The bytes covered.
+  [[nodiscard]] std::size_t len() const noexcept { return len_; }
+  [[nodiscard]] std::size_t page_size() const noexcept { return std::size_t{1} << shift_; }
+  [[nodiscard]] std::size_t num_pages() const noexcept { return pages_; }
+  [[nodiscard]] std::size_t num_words() const noexcept { return (pages_ + 63) / 64; }
+
+ private:
+  std::unique_ptr<std::atomic<std::uint64_t>[]> words_;
+  std::size_t len_;
+  std::size_t pages_;
+  unsigned shift_;
+};
+
+static_assert(Bitmap<AtomicBitmap> && NewBitmap<AtomicBitmap> && BitmapSlice<AtomicBitmapSlice>);
+
+}  // namespace guestmem

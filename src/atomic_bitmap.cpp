@@ -1,0 +1,98 @@
+#include "guestmem/atomic_bitmap.hpp"
+
+#include <bit>
+
+namespace guestmem {
+
+AtomicBitmap::AtomicBitmap(std::size_t len, std::size_t page_size)
+    : len_(len),
+      pages_(0),
+      shift_(static_cast<unsigned>(std::countr_zero(page_size))) {
+  GUESTMEM_ASSERT(std::has_single_bit(page_size), "AtomicBitmap page size must be a power of two");
+  pages_ = len / page_size + (len % page_size != 0 ? 1 : 0);
+  // Value-initialised: every word starts clean.
+  words_ = std::make_unique<std::atomic<std::uint64_t>[]>(num_words());
+  // Marks skip their atomic operation when a bit is already set; resets then need the
+  // heavy side of an asymmetric fence.
+  detail::enable_asymmetric_fences();
+}
+
+std::vector<std::uint64_t> AtomicBitmap::get_and_reset() const {
+  std::vector<std::uint64_t> out(num_words());
+  // The size matches by construction.
+  (void)get_and_reset(std::span(out));
+  return out;
+}
+
+Result<void> AtomicBitmap::get_and_reset(std::span<std::uint64_t> out) const {
+  if (out.size() != num_words()) {
+    return std::unexpected(Error::at(ErrorCode::InvalidBitmap, out.size(), num_words()));
+  }
+  for (std::size_t w = 0; w < out.size(); ++w) {
+    // A clean word costs a load; only dirty ones pay for the exchange.
+    out[w] = words_[w].load(std::memory_order_relaxed) != 0
+                 ? words_[w].exchange(0, std::memory_order_acquire)
+                 : 0;
+  }
+  // A write that found its bit set before the exchange is now visible to the caller's copy;
+  // one after it finds the bit clear and sets it for the next reset.
+  detail::heavy_fence();
+  return {};
+}
+
+std::vector<std::uint64_t> AtomicBitmap::to_words() const {
+  std::vector<std::uint64_t> out(num_words());
+  for (std::size_t w = 0; w < out.size(); ++w) {
+    out[w] = words_[w].load(std::memory_order_acquire);
+  }
+  return out;
+}
+
+void AtomicBitmap::reset() const {
+  for (std::size_t w = 0; w < num_words(); ++w) {
+    if (words_[w].load(std::memory_order_relaxed) != 0) {
+      // An exchange, not a store: a bit set between the load and here survives or is cleared
+      // as a whole, never lost half-way.
+      words_[w].exchange(0, std::memory_order_acquire);
+    }
+  }
+  detail::heavy_fence();
+}
+
+void AtomicBitmap::reset_range(std::size_t offset, std::size_t len) const {
+  if (len == 0) {
+    return;
+  }
+  const std::size_t first = offset >> shift_;
+  if (first >= pages_) {
+    return;
+  }
+  std::size_t last = (offset + (len - 1)) >> shift_;
+  if (last < first || last >= pages_) {
+    last = pages_ - 1;  // past the end, or offset + len wrapped: clear to the end
+  }
+  for (std::size_t w = first / 64; w <= last / 64; ++w) {
+    const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
+    const unsigned hi = w == last / 64 ? static_cast<unsigned>(last % 64) : 63U;
+    const std::uint64_t mask = (~std::uint64_t{0} >> (63U - hi)) & (~std::uint64_t{0} << lo);
+    if ((words_[w].load(std::memory_order_relaxed) & mask) != 0) {
+      words_[w].fetch_and(~mask, std::memory_order_relaxed);
+    }
+  }
+  detail::heavy_fence();
+}
+
+Result<void> AtomicBitmap::merge(std::span<const std::uint64_t> words) const {
+  const std::size_t tail = pages_ % 64;
+  if (words.size() != num_words() || (tail != 0 && (words.back() >> tail) != 0)) {
+    return std::unexpected(Error::at(ErrorCode::InvalidBitmap, words.size(), num_words()));
+  }
+  for (std::size_t w = 0; w < words.size(); ++w) {
+    if (words[w] != 0 && (words_[w].load(std::memory_order_relaxed) & words[w]) != words[w]) {
+      words_[w].fetch_or(words[w], std::memory_order_release);
+    }
+  }
+  return {};
+}
+
+}  // namespace guestmem

@@ -1,0 +1,278 @@
+#include "guestmem/atomic_bitmap.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "guestmem/guest_memory.hpp"
+#include "guestmem/io.hpp"
+#include "test_support.hpp"
+
+namespace guestmem {
+namespace {
+
+using testing::pattern;
+
+std::set<std::size_t> dirty_pages(const AtomicBitmap& bitmap) {
+  std::set<std::size_t> out;
+  for (std::size_t p = 0; p < bitmap.num_pages(); ++p) {
+    if (bitmap.dirty_at(p * bitmap.page_size())) {
+      out.insert(p);
+    }
+  }
+  return out;
+}
+
+TEST(AtomicBitmap, Geometry) {
+  AtomicBitmap bitmap(0x10001);
+  EXPECT_EQ(bitmap.len(), 0x10001u);
+  EXPECT_EQ(bitmap.page_size(), 4096u);
+  EXPECT_EQ(bitmap.num_pages(), 17u);
+  EXPECT_EQ(bitmap.num_words(), 1u);
+  AtomicBitmap small_pages(64 * 512 + 1, 512);
+  EXPECT_EQ(small_pages.num_pages(), 65u);
+  EXPECT_EQ(small_pages.num_words(), 2u);
+  EXPECT_EQ(AtomicBitmap::with_len(8192).num_pages(), 2u);
+  EXPECT_EQ(AtomicBitmap(0).num_words(), 0u);
+}
+
+TEST(AtomicBitmapDeathTest, PageSizeMustBeAPowerOfTwo) {
+  EXPECT_DEATH(AtomicBitmap(4096, 3000), "power of two");
+}
+
+TEST(AtomicBitmap, MarksEveryPageARangeTouches) {
+  AtomicBitmap bitmap(200 * 4096);
+  bitmap.mark_dirty(4095, 2);  // the last byte of page 0 and the first of page 1
+  EXPECT_EQ(dirty_pages(bitmap), (std::set<std::size_t>{0, 1}));
+  bitmap.mark_dirty(62 * 4096, 3 * 4096);  // pages 62, 63, 64: across a word boundary
+  EXPECT_EQ(dirty_pages(bitmap), (std::set<std::size_t>{0, 1, 62, 63, 64}));
+  bitmap.mark_dirty(10 * 4096, 0);  // nothing written, nothing marked
+  bitmap.mark_dirty(199 * 4096 + 1, 100 * 4096);  // runs past the end: clamped
+  bitmap.mark_dirty(500 * 4096, 1);  // entirely past the end: ignored
+  EXPECT_EQ(dirty_pages(bitmap), (std::set<std::size_t>{0, 1, 62, 63, 64, 199}));
+  bitmap.mark_dirty(0, 200 * 4096);
+  EXPECT_EQ(dirty_pages(bitmap).size(), 200u);
+  EXPECT_FALSE(bitmap.dirty_at(200 * 4096)) << "past the end";
+}
+
+TEST(AtomicBitmap, GetAndResetReturnsKvmLayoutAndClears) {
+  AtomicBitmap bitmap(130 * 4096);
+  bitmap.mark_dirty(0, 1);
+  bitmap.mark_dirty(65 * 4096, 1);
+  bitmap.mark_dirty(129 * 4096 + 7, 1);
+  EXPECT_EQ(bitmap.to_words(), (std::vector<std::uint64_t>{1, 2, 2}));
+  EXPECT_EQ(bitmap.get_and_reset(), (std::vector<std::uint64_t>{1, 2, 2}));
+  EXPECT_EQ(bitmap.get_and_reset(), (std::vector<std::uint64_t>{0, 0, 0}));
+  EXPECT_TRUE(dirty_pages(bitmap).empty());
+}
+
+TEST(AtomicBitmap, ResetAndResetRange) {
+  AtomicBitmap bitmap(128 * 4096);
+  bitmap.mark_dirty(0, 128 * 4096);
+  bitmap.reset_range(4096 + 1, 2 * 4096);  // pages 1, 2 and 3 (it touches 3)
+  std::set<std::size_t> expected;
+  for (std::size_t p = 0; p < 128; ++p) {
+    if (p < 1 || p > 3) {
+      expected.insert(p);
+    }
+  }
+  EXPECT_EQ(dirty_pages(bitmap), expected);
+  bitmap.reset_range(60 * 4096, 10 * 4096);  // across the word boundary
+  for (std::size_t p = 60; p < 70; ++p) {
+    expected.erase(p);
+  }
+  EXPECT_EQ(dirty_pages(bitmap), expected);
+  bitmap.reset_range(127 * 4096, ~std::size_t{0} - 127 * 4096);  // to the end, no overflow
+  expected.erase(127);
+  EXPECT_EQ(dirty_pages(bitmap), expected);
+  bitmap.reset();
+  EXPECT_TRUE(dirty_pages(bitmap).empty());
+}
+
+TEST(AtomicBitmap, MergeFromOutside) {
+  AtomicBitmap bitmap(70 * 4096);
+  bitmap.mark_dirty(0, 1);
+  ASSERT_TRUE(bitmap.merge(std::vector<std::uint64_t>{0x8000'0000'0000'0002, 0x21}).has_value());
+  EXPECT_EQ(dirty_pages(bitmap), (std::set<std::size_t>{0, 1, 63, 64, 69}));
+  EXPECT_EQ(bitmap.merge(std::vector<std::uint64_t>{1}).error(),
+            Error::at(ErrorCode::InvalidBitmap, 1, 2));
+  EXPECT_EQ(bitmap.merge(std::vector<std::uint64_t>{0, 0x40}).error(),
+            Error::at(ErrorCode::InvalidBitmap, 2, 2))
+      << "bit 70 is past the last page";
+  EXPECT_EQ(dirty_pages(bitmap), (std::set<std::size_t>{0, 1, 63, 64, 69})) << "nothing merged";
+}
+
+TEST(AtomicBitmap, SlicesMarkRelativeToTheirOffset) {
+  AtomicBitmap bitmap(16 * 4096);
+  const AtomicBitmapSlice slice = bitmap.slice_at(3 * 4096 + 100);
+  slice.mark_dirty(4000, 10);  // bytes 3*4096+4100 .. +4109: page 4
+  EXPECT_EQ(dirty_pages(bitmap), (std::set<std::size_t>{4}));
+  EXPECT_TRUE(slice.dirty_at(4000));
+  EXPECT_FALSE(slice.dirty_at(0));
+  slice.slice_at(8192).mark_dirty(0, 1);  // 5*4096 + 100: page 5
+  EXPECT_EQ(dirty_pages(bitmap), (std::set<std::size_t>{4, 5}));
+  AtomicBitmap moved = std::move(bitmap);
+  slice.mark_dirty(0, 1);  // page 3: the slice still reaches the moved bitmap's bits
+  EXPECT_EQ(dirty_pages(moved), (std::set<std::size_t>{3, 4, 5}));
+}
+
+// Random write sequences on a tracked memory, partial writes included; the dirty pages of
+// every region must be exactly those holding a byte that a write actually wrote.
+TEST(AtomicBitmap, DirtySetsMatchAModelBitForBit) {
+  struct Range {
+    std::uint64_t start;
+    std::uint64_t size;
+  };
+  // Adjacent regions, a hole, a region that is not a page multiple.
+  const std::array<Range, 4> layout{{{0x0, 0x8000}, {0x8000, 0x6000}, {0x10000, 0x3001}, {0x20000, 0x4000}}};
+  std::vector<std::pair<GuestAddress, std::size_t>> ranges;
+  for (const auto& r : layout) {
+    ranges.emplace_back(GuestAddress{r.start}, r.size);
+  }
+  auto built = GuestMemoryMmap<AtomicBitmap>::from_ranges(ranges);
+  ASSERT_TRUE(built.has_value());
+  const auto& mem = *built;
+  std::vector<std::set<std::size_t>> model(layout.size());
+  auto record = [&](std::uint64_t addr, std::uint64_t n) {
+    for (std::uint64_t a = addr; a < addr + n; ++a) {
+      for (std::size_t i = 0; i < layout.size(); ++i) {
+        if (a >= layout[i].start && a - layout[i].start < layout[i].size) {
+          model[i].insert((a - layout[i].start) / 4096);
+        }
+      }
+    }
+  };
+  auto available = [&](std::uint64_t addr, std::uint64_t n) {
+    std::uint64_t done = 0;
+    while (done < n) {
+      const std::uint64_t a = addr + done;
+      auto it = std::find_if(layout.begin(), layout.end(),
+                             [&](const Range& r) { return a >= r.start && a - r.start < r.size; });
+      if (it == layout.end()) {
+        break;
+      }
+      done += std::min(n - done, it->start + it->size - a);
+    }
+    return done;
+  };
+
+  std::mt19937_64 rng(42);
+  for (int round = 0; round < 40; ++round) {
+    for (int op = 0; op < 50; ++op) {
+      const std::uint64_t addr = rng() % 0x25000;
+      const std::size_t len = rng() % 4 == 0 ? rng() % 0x5000 : rng() % 64;
+      const auto data = pattern(len, static_cast<std::uint8_t>(op));
+      switch (rng() % 5) {
+        case 0:
+          (void)mem.write(data, GuestAddress{addr});
+          record(addr, available(addr, len));
+          break;
+        case 1:
+          (void)mem.write_slice(data, GuestAddress{addr});  // partial writes keep their bytes
+          record(addr, available(addr, len));
+          break;
+        case 2: {
+          SpanReader src{data};
+          (void)mem.read_volatile_from(GuestAddress{addr}, src, len);
+          record(addr, available(addr, len));
+          break;
+        }
+        case 3:
+          if (mem.store<std::uint32_t>(1, GuestAddress{addr & ~std::uint64_t{3}}, std::memory_order_relaxed)) {
+            record(addr & ~std::uint64_t{3}, 4);
+          }
+          break;
+        default: {
+          std::vector<std::byte> sink(len);
+          (void)mem.read(sink, GuestAddress{addr});  // reads never mark
+          (void)mem.read_obj<std::uint64_t>(GuestAddress{addr});
+          break;
+        }
+      }
+    }
+    for (std::size_t i = 0; i < layout.size(); ++i) {
+      const AtomicBitmap& bitmap = mem.region_ptrs()[i]->bitmap();
+      ASSERT_EQ(dirty_pages(bitmap), model[i]) << "round " << round << " region " << i;
+      if (round % 3 == 0) {
+        const auto words = bitmap.get_and_reset();
+        std::set<std::size_t> reported;
+        for (std::size_t w = 0; w < words.size(); ++w) {
+          for (std::size_t b = 0; b < 64; ++b) {
+            if ((words[w] >> b) & 1U) {
+              reported.insert(w * 64 + b);
+            }
+          }
+        }
+        ASSERT_EQ(reported, model[i]);
+        model[i].clear();
+      }
+    }
+  }
+}
+
+// Live migration in miniature: writers write pages while a migrator repeatedly takes the
+// dirty pages and copies them. After each burst of writes, the writers stop, one last round
+// runs, and the copy must equal the memory: a lost dirty bit leaves a stale page. Bursts
+// are short so that a lost bit is often the last one its page gets.
+TEST(AtomicBitmapConcurrency, GetAndResetUnderWritersLosesNoDirtyBit) {
+  constexpr std::size_t kPages = 256;
+  auto built = GuestMemoryMmap<AtomicBitmap>::from_ranges({{GuestAddress{0}, kPages * 4096}});
+  ASSERT_TRUE(built.has_value());
+  const auto& mem = *built;
+  const AtomicBitmap& bitmap = mem.region_ptrs()[0]->bitmap();
+  std::vector<std::uint64_t> copy(kPages, 0);
+  auto migrate_round = [&] {
+    const auto words = bitmap.get_and_reset();
+    for (std::size_t p = 0; p < kPages; ++p) {
+      if ((words[p / 64] >> (p % 64)) & 1U) {
+        copy[p] = *mem.read_obj<std::uint64_t>(GuestAddress{p * 4096});
+      }
+    }
+  };
+
+  std::array<std::uint64_t, 2> counters{std::uint64_t{0} << 60, std::uint64_t{1} << 60};
+  int rounds = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1000);
+  for (int burst = 0; std::chrono::steady_clock::now() < deadline; ++burst) {
+    std::atomic<int> running{2};
+    std::vector<std::thread> writers;
+    for (int w = 0; w < 2; ++w) {
+      writers.emplace_back([&, w] {
+        std::mt19937_64 rng(static_cast<std::uint64_t>(burst * 2 + w));
+        for (int i = 0; i < 2000; ++i) {
+          // Each writer owns half of the pages, so a page's last value is well defined.
+          const std::size_t page = (rng() % (kPages / 2)) * 2 + static_cast<std::size_t>(w);
+          ASSERT_TRUE(mem.write_obj(++counters[static_cast<std::size_t>(w)],
+                                    GuestAddress{page * 4096})
+                          .has_value());
+        }
+        running.fetch_sub(1);
+      });
+    }
+    while (running.load() > 0) {
+      migrate_round();
+      ++rounds;
+    }
+    for (auto& t : writers) {
+      t.join();
+    }
+    migrate_round();
+    for (std::size_t p = 0; p < kPages; ++p) {
+      ASSERT_EQ(copy[p], *mem.read_obj<std::uint64_t>(GuestAddress{p * 4096}))
+          << "page " << p << " in burst " << burst << " after " << rounds << " rounds";
+    }
+  }
+  EXPECT_GT(rounds, 10);
+}
+
+}  // namespace
+}  // namespace guestmem

@@ -1,0 +1,194 @@
+#include "guestmem/atomic_memory.hpp"
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "guestmem/guest_memory.hpp"
+#include "test_support.hpp"
+
+namespace guestmem {
+namespace {
+
+// A map that counts how many of its kind are alive, to see when replaced maps are freed.
+struct Counted {
+  static inline std::atomic<int> alive{0};
+  explicit Counted(int v) : value(v) { alive.fetch_add(1); }
+  Counted(const Counted& other) : value(other.value) { alive.fetch_add(1); }
+  Counted(Counted&& other) noexcept : value(other.value) { alive.fetch_add(1); }
+  ~Counted() { alive.fetch_sub(1); }
+  int value;
+};
+
+TEST(GuestMemoryAtomic, AGuardKeepsItsSnapshotAcrossReplace) {
+  const int before = Counted::alive.load();
+  {
+    GuestMemoryAtomic<Counted> space(Counted{1});
+    auto guard = space.memory();
+    EXPECT_EQ(guard->value, 1);
+    space.lock().replace(Counted{2});
+    EXPECT_EQ(guard->value, 1) << "the snapshot does not change under its guard";
+    EXPECT_EQ(space.memory()->value, 2);
+    EXPECT_EQ(Counted::alive.load(), before + 2) << "the old map lives while a guard sees it";
+    {
+      auto copy = guard;  // nested on the same thread
+      EXPECT_EQ(copy->value, 1);
+    }
+    EXPECT_EQ(guard->value, 1);
+  }
+  // The last guard is gone; the next reclamation frees what was retired.
+  detail::epoch_reclaim();
+  EXPECT_EQ(Counted::alive.load(), before);
+}
+
+TEST(GuestMemoryAtomic, ReplacedMapsAreFreedOnceNoGuardSeesThem) {
+  const int before = Counted::alive.load();
+  GuestMemoryAtomic<Counted> space(Counted{0});
+  for (int i = 1; i <= 100; ++i) {
+    space.lock().replace(Counted{i});
+  }
+  detail::epoch_reclaim();
+  EXPECT_EQ(Counted::alive.load(), before + 1) << "only the current map is left";
+  EXPECT_EQ(space.memory()->value, 100);
+}
+
+TEST(GuestMemoryAtomic, ReadersDoNotWaitForTheWriter) {
+  GuestMemoryAtomic<Counted> space(Counted{7});
+  auto writer = space.lock();  // the writer lock is held for the whole test
+  auto reader = std::async(std::launch::async, [&] { return space.memory()->value; });
+  ASSERT_EQ(reader.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(reader.get(), 7);
+  writer.replace(Counted{8});
+  EXPECT_EQ(writer.memory()->value, 8);
+}
+
+TEST(GuestMemoryAtomic, CopiesShareTheMap) {
+  GuestMemoryAtomic<Counted> a(Counted{1});
+  GuestMemoryAtomic<Counted> b = a;
+  a.lock().replace(Counted{5});
+  EXPECT_EQ(b.memory()->value, 5);
+}
+
+TEST(GuestMemoryAtomicDeathTest, AGuardBelongsToItsThread) {
+  GuestMemoryAtomic<Counted> space(Counted{1});
+  EXPECT_DEATH(
+      {
+        auto guard = std::make_unique<GuestMemoryGuard<Counted>>(space.memory());
+        std::thread([&] { guard.reset(); }).join();
+      },
+      "released on another thread");
+}
+
+// Device code written once against GuestAddressSpace.
+template <GuestAddressSpace AS>
+Result<std::uint32_t> bump(const AS& space, GuestAddress counter) {
+  auto mem = space.memory();
+  auto value = mem->template load<std::uint32_t>(counter, std::memory_order_acquire);
+  if (!value) {
+    return value;
+  }
+  if (auto r = mem->store(*value + 1, counter, std::memory_order_release); !r) {
+    return std::unexpected(r.error());
+  }
+  return *value + 1;
+}
+
+TEST(GuestAddressSpace, DeviceCodeRunsOnEveryKind) {
+  auto built = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 0x1000}});
+  ASSERT_TRUE(built.has_value());
+  auto shared = std::make_shared<const GuestMemoryMmap<>>(*built);
+  EXPECT_EQ(bump(RefAddressSpace(*shared), GuestAddress{0x10}), 1u);
+  EXPECT_EQ(bump(SharedAddressSpace(shared), GuestAddress{0x10}), 2u);
+  GuestMemoryAtomic<GuestMemoryMmap<>> atomic(*shared);
+  EXPECT_EQ(bump(atomic, GuestAddress{0x10}), 3u) << "all three see the same regions";
+  EXPECT_EQ(bump(atomic, GuestAddress{0x2000}).error(),
+            Error::invalid_guest_address(GuestAddress{0x2000}));
+}
+
+// Two writers hot-plug regions in and out of the map while readers read through guards.
+// Every region holds its own base address in every 8-byte word, so a read returns the only
+// content it may (the region it comes from never changes), and a read from a region that
+// was already unmapped would crash (or be reported by ASan/TSan).
+TEST(GuestMemoryAtomicStress, HotPlugUnderReaders) {
+  constexpr std::uint64_t kSlot = 0x10000;
+  constexpr int kSlots = 8;
+  auto make_region = [](std::uint64_t base) {
+    auto mapping = MmapRegion<>::create(kSlot);
+    EXPECT_TRUE(mapping.has_value());
+    auto region = GuestRegionMmap<>::create(std::move(*mapping), GuestAddress{base});
+    EXPECT_TRUE(region.has_value());
+    for (std::uint64_t off = 0; off < kSlot; off += 8) {
+      EXPECT_TRUE(region->write_obj(base, MemoryRegionAddress{off}).has_value());
+    }
+    return std::make_shared<const GuestRegionMmap<>>(std::move(*region));
+  };
+  // Slot 0 is always present; the writers toggle the others.
+  auto first = GuestMemoryMmap<>::from_arc_regions({make_region(0)});
+  ASSERT_TRUE(first.has_value());
+  GuestMemoryAtomic<GuestMemoryMmap<>> space(std::move(*first));
+
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> reads{0};
+  std::atomic<std::uint64_t> replaces{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 2; ++w) {
+    threads.emplace_back([&, w] {
+      std::mt19937_64 rng(static_cast<std::uint64_t>(w) + 1);
+      while (!stop.load(std::memory_order_relaxed)) {
+        const std::uint64_t base = (1 + rng() % (kSlots - 1)) * kSlot;
+        auto writer = space.lock();
+        auto current = writer.memory();
+        if (current->address_in_range(GuestAddress{base})) {
+          auto removed = current->remove_region(GuestAddress{base}, kSlot);
+          ASSERT_TRUE(removed.has_value());
+          writer.replace(std::move(removed->first));
+        } else {
+          auto inserted = current->insert_region(make_region(base));
+          ASSERT_TRUE(inserted.has_value());
+          writer.replace(std::move(*inserted));
+        }
+        replaces.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      std::mt19937_64 rng(static_cast<std::uint64_t>(r) + 100);
+      std::uint64_t count = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        auto guard = space.memory();
+        for (int i = 0; i < 64; ++i) {
+          const std::uint64_t base = (rng() % kSlots) * kSlot;
+          const GuestAddress addr{base + (rng() % (kSlot / 8)) * 8};
+          auto value = guard->read_obj<std::uint64_t>(addr);
+          if (guard->address_in_range(addr)) {
+            ASSERT_TRUE(value.has_value()) << to_string(addr);
+            ASSERT_EQ(*value, base) << to_string(addr);
+          } else {
+            ASSERT_EQ(value.error(), Error::invalid_guest_address(addr));
+          }
+          ++count;
+        }
+      }
+      reads.fetch_add(count);
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  stop.store(true);
+  for (auto& t : threads) {
+    t.join();
+  }
+  EXPECT_GT(replaces.load(), 10u);
+  EXPECT_GT(reads.load(), 1000u);
+}
+
+}  // namespace
+}  // namespace guestmem
