@@ -303,14 +303,29 @@ void bulk(Harness& h, const GuestMemoryMmap<>& memory) {
   }
 }
 
-// The untracked halves of the peer's bitmap cases (the tracked ones need a dirty bitmap).
+// The peer's bitmap cases: the same writes with and without dirty tracking.
 template <class Harness>
-void untracked_writes(Harness& h, const GuestMemoryMmap<>& memory) {
-  const auto* mem = &memory;
+void bitmap_writes(Harness& h, const GuestMemoryMmap<>& memory) {
+  static const GuestMemoryMmap<AtomicBitmap> tracked =
+      contiguous_memory<AtomicBitmap>(kRegionSize, kRegions);
   static const std::span<std::byte> d8 = placed_buffer(8);
   static const std::span<std::byte> d4k = placed_buffer(4096);
-  const GuestAddress a{0x2000};
-  const GuestAddress au{0x3800};
+  const GuestAddress a{0x2000};   // page aligned
+  const GuestAddress au{0x3800};  // straddles two pages
+  const auto* bm = &tracked;
+  const auto* mem = &memory;
+  h.run("bitmap_write_slice_8/in_region_0", std::nullopt, [=] {
+    unwrap(black_box(bm)->write_slice(std::span(black_box(d8.data()), 8), black_box(a)));
+  });
+  h.run("bitmap_write_slice_4096/in_region_0", std::nullopt, [=] {
+    unwrap(black_box(bm)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(a)));
+  });
+  h.run("bitmap_write_slice_4096_unaligned/in_region_0", std::nullopt, [=] {
+    unwrap(black_box(bm)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(au)));
+  });
+  h.run("bitmap_store_u64/in_region_0", std::nullopt, [=] {
+    unwrap(black_box(bm)->store(black_box(std::uint64_t{1}), black_box(a), std::memory_order_relaxed));
+  });
   h.run("write_slice_8/in_region_0", std::nullopt, [=] {
     unwrap(black_box(mem)->write_slice(std::span(black_box(d8.data()), 8), black_box(a)));
   });
@@ -319,6 +334,27 @@ void untracked_writes(Harness& h, const GuestMemoryMmap<>& memory) {
   });
   h.run("write_slice_4096_unaligned/in_region_0", std::nullopt, [=] {
     unwrap(black_box(mem)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(au)));
+  });
+}
+
+// The peer's snapshot cases: a GuestMemoryAtomic over the same regions.
+template <class Harness>
+void snapshots(Harness& h, const GuestMemoryMmap<>& memory) {
+  static const GuestMemoryAtomic<GuestMemoryMmap<>> atomic(memory);  // shares the regions
+  const auto* space = &atomic;
+  const GuestAddress a0{0x1000};
+  const GuestAddress a7{7 * kRegionSize + 0x1000};
+  h.run("atomic_snapshot", std::nullopt, [=] {
+    auto guard = black_box(space)->memory();
+    keep(guard.get());
+  });
+  h.run("atomic_snapshot_read_obj_u64/in_region_0", std::nullopt, [=] {
+    auto guard = black_box(space)->memory();
+    keep(unwrap(guard->template read_obj<std::uint64_t>(black_box(a0))));
+  });
+  h.run("atomic_snapshot_read_obj_u64/in_region_7", std::nullopt, [=] {
+    auto guard = black_box(space)->memory();
+    keep(unwrap(guard->template read_obj<std::uint64_t>(black_box(a7))));
   });
 }
 
@@ -338,7 +374,8 @@ void all_cases(Harness& h) {
   atomics(h, memory);
   find_region(h);
   bulk(h, memory);
-  untracked_writes(h, memory);
+  snapshots(h, memory);
+  bitmap_writes(h, memory);
 }
 
 }  // namespace guestmem::bench

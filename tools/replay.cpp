@@ -26,7 +26,8 @@ namespace {
 using guestmem::Error;
 using guestmem::ErrorCode;
 using guestmem::GuestAddress;
-using Memory = guestmem::GuestMemoryMmap<>;
+// Tracked, as the peer's is: one dirty bit per 4 KiB page of each region.
+using Memory = guestmem::GuestMemoryMmap<guestmem::AtomicBitmap>;
 
 // The largest LEN a data-moving op accepts (a larger one is a script error).
 constexpr std::uint64_t kMaxLen = 0x4000000;
@@ -197,8 +198,31 @@ class Replayer {
       }
       return "ok " + hex(mem_->last_addr().raw_value());
     }
-    if (cmd == "dirty" || cmd == "reset_dirty") {
-      return "unsupported";
+    if (cmd == "dirty") {
+      auto a = args(rest, 1);
+      if (!a) {
+        return kParse;
+      }
+      if (!mem_) {
+        return kNoMemory;
+      }
+      auto found = mem_->to_region_addr(GuestAddress{(*a)[0]});
+      if (!found) {
+        return error_line(Error::invalid_guest_address(GuestAddress{(*a)[0]}));
+      }
+      return found->first->bitmap().dirty_at(found->second.raw_value()) ? "ok true" : "ok false";
+    }
+    if (cmd == "reset_dirty") {
+      if (!args(rest, 0)) {
+        return kParse;
+      }
+      if (!mem_) {
+        return kNoMemory;
+      }
+      for (const auto& region : mem_->regions()) {
+        region.bitmap().reset();
+      }
+      return "ok";
     }
     return kParse;
   }
