@@ -312,29 +312,24 @@ void bitmap_writes(Harness& h, const GuestMemoryMmap<>& memory) {
   static const std::span<std::byte> d4k = placed_buffer(4096);
   const GuestAddress a{0x2000};   // page aligned
   const GuestAddress au{0x3800};  // straddles two pages
+  // The same three writes on the tracked memory (prefix "bitmap_") and the untracked one.
+  auto writes = [&](const std::string& prefix, const auto* mem) {
+    h.run(prefix + "write_slice_8/in_region_0", std::nullopt, [=] {
+      unwrap(black_box(mem)->write_slice(std::span(black_box(d8.data()), 8), black_box(a)));
+    });
+    h.run(prefix + "write_slice_4096/in_region_0", std::nullopt, [=] {
+      unwrap(black_box(mem)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(a)));
+    });
+    h.run(prefix + "write_slice_4096_unaligned/in_region_0", std::nullopt, [=] {
+      unwrap(black_box(mem)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(au)));
+    });
+  };
+  writes("bitmap_", &tracked);
   const auto* bm = &tracked;
-  const auto* mem = &memory;
-  h.run("bitmap_write_slice_8/in_region_0", std::nullopt, [=] {
-    unwrap(black_box(bm)->write_slice(std::span(black_box(d8.data()), 8), black_box(a)));
-  });
-  h.run("bitmap_write_slice_4096/in_region_0", std::nullopt, [=] {
-    unwrap(black_box(bm)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(a)));
-  });
-  h.run("bitmap_write_slice_4096_unaligned/in_region_0", std::nullopt, [=] {
-    unwrap(black_box(bm)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(au)));
-  });
   h.run("bitmap_store_u64/in_region_0", std::nullopt, [=] {
     unwrap(black_box(bm)->store(black_box(std::uint64_t{1}), black_box(a), std::memory_order_relaxed));
   });
-  h.run("write_slice_8/in_region_0", std::nullopt, [=] {
-    unwrap(black_box(mem)->write_slice(std::span(black_box(d8.data()), 8), black_box(a)));
-  });
-  h.run("write_slice_4096/in_region_0", std::nullopt, [=] {
-    unwrap(black_box(mem)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(a)));
-  });
-  h.run("write_slice_4096_unaligned/in_region_0", std::nullopt, [=] {
-    unwrap(black_box(mem)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(au)));
-  });
+  writes("", &memory);
 }
 
 // The peer's snapshot cases: a GuestMemoryAtomic over the same regions.
@@ -348,14 +343,12 @@ void snapshots(Harness& h, const GuestMemoryMmap<>& memory) {
     auto guard = black_box(space)->memory();
     keep(guard.get());
   });
-  h.run("atomic_snapshot_read_obj_u64/in_region_0", std::nullopt, [=] {
-    auto guard = black_box(space)->memory();
-    keep(unwrap(guard->template read_obj<std::uint64_t>(black_box(a0))));
-  });
-  h.run("atomic_snapshot_read_obj_u64/in_region_7", std::nullopt, [=] {
-    auto guard = black_box(space)->memory();
-    keep(unwrap(guard->template read_obj<std::uint64_t>(black_box(a7))));
-  });
+  for (auto [label, addr] : {std::pair{"in_region_0", a0}, std::pair{"in_region_7", a7}}) {
+    h.run(std::string("atomic_snapshot_read_obj_u64/") + label, std::nullopt, [=] {
+      auto guard = black_box(space)->memory();
+      keep(unwrap(guard->template read_obj<std::uint64_t>(black_box(addr))));
+    });
+  }
 }
 
 /// The memory every access case uses: 8 regions of 2 GiB.

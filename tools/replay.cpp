@@ -129,100 +129,60 @@ class Replayer {
       return regions(rest);
     }
     if (cmd == "write" || cmd == "write_slice" || cmd == "read_from") {
-      auto a = args(rest, 3);
-      if (!a || (*a)[1] > kMaxLen) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      return write_op(cmd, GuestAddress{(*a)[0]}, pattern((*a)[2], (*a)[1]));
+      return with_args(rest, 3, 1, [&](const Args& a) {
+        return write_op(cmd, GuestAddress{a[0]}, pattern(a[2], a[1]));
+      });
     }
     if (cmd == "read" || cmd == "read_slice" || cmd == "write_to") {
-      auto a = args(rest, 2);
-      if (!a || (*a)[1] > kMaxLen) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      return read_op(cmd, GuestAddress{(*a)[0]}, (*a)[1]);
+      return with_args(rest, 2, 1, [&](const Args& a) { return read_op(cmd, GuestAddress{a[0]}, a[1]); });
     }
-    if (cmd == "read_obj_u64" || cmd == "write_obj_u64") {
-      const bool is_write = cmd == "write_obj_u64";
-      auto a = args(rest, is_write ? 2 : 1);
-      if (!a) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      const GuestAddress addr{(*a)[0]};
-      if (is_write) {
-        auto r = mem_->write_obj((*a)[1], addr);
-        return r ? "ok" : error_line(r.error());
-      }
-      auto r = mem_->read_obj<std::uint64_t>(addr);
-      return r ? "ok " + hex_padded(*r, 16) : error_line(r.error());
+    if (cmd == "read_obj_u64") {
+      return with_args(rest, 1, kNoLen, [&](const Args& a) {
+        auto r = mem_->read_obj<std::uint64_t>(GuestAddress{a[0]});
+        return r ? "ok " + hex_padded(*r, 16) : error_line(r.error());
+      });
+    }
+    if (cmd == "write_obj_u64") {
+      return with_args(rest, 2, kNoLen, [&](const Args& a) {
+        auto r = mem_->write_obj(a[1], GuestAddress{a[0]});
+        return r ? std::string("ok") : error_line(r.error());
+      });
     }
     if (cmd.starts_with("load_u") || cmd.starts_with("store_u")) {
       return atomic_op(cmd, rest);
     }
     if (cmd == "check_range") {
-      auto a = args(rest, 2);
-      if (!a || (*a)[1] > kMaxLen) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      return mem_->check_range(GuestAddress{(*a)[0]}, (*a)[1]) ? "ok true" : "ok false";
+      return with_args(rest, 2, 1, [&](const Args& a) {
+        return std::string(mem_->check_range(GuestAddress{a[0]}, a[1]) ? "ok true" : "ok false");
+      });
     }
     if (cmd == "find_region") {
-      auto a = args(rest, 1);
-      if (!a) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      const auto* r = mem_->find_region(GuestAddress{(*a)[0]});
-      return r ? "region " + hex(r->start_addr().raw_value()) + " " + hex(r->len()) : "none";
+      return with_args(rest, 1, kNoLen, [&](const Args& a) {
+        const auto* r = mem_->find_region(GuestAddress{a[0]});
+        return r ? "region " + hex(r->start_addr().raw_value()) + " " + hex(r->len()) : "none";
+      });
     }
     if (cmd == "last_addr") {
-      if (!args(rest, 0)) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      return "ok " + hex(mem_->last_addr().raw_value());
+      return with_args(rest, 0, kNoLen,
+                       [&](const Args&) { return "ok " + hex(mem_->last_addr().raw_value()); });
     }
     if (cmd == "dirty") {
-      auto a = args(rest, 1);
-      if (!a) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      auto found = mem_->to_region_addr(GuestAddress{(*a)[0]});
-      if (!found) {
-        return error_line(Error::invalid_guest_address(GuestAddress{(*a)[0]}));
-      }
-      return found->first->bitmap().dirty_at(found->second.raw_value()) ? "ok true" : "ok false";
+      return with_args(rest, 1, kNoLen, [&](const Args& a) {
+        auto found = mem_->to_region_addr(GuestAddress{a[0]});
+        if (!found) {
+          return error_line(Error::invalid_guest_address(GuestAddress{a[0]}));
+        }
+        return std::string(found->first->bitmap().dirty_at(found->second.raw_value()) ? "ok true"
+                                                                                     : "ok false");
+      });
     }
     if (cmd == "reset_dirty") {
-      if (!args(rest, 0)) {
-        return kParse;
-      }
-      if (!mem_) {
-        return kNoMemory;
-      }
-      for (const auto& region : mem_->regions()) {
-        region.bitmap().reset();
-      }
-      return "ok";
+      return with_args(rest, 0, kNoLen, [&](const Args&) {
+        for (const auto& region : mem_->regions()) {
+          region.bitmap().reset();
+        }
+        return std::string("ok");
+      });
     }
     return kParse;
   }
@@ -231,8 +191,25 @@ class Replayer {
   static constexpr const char* kParse = "err parse";
   static constexpr const char* kNoMemory = "err no_memory";
 
-  static std::optional<std::vector<std::uint64_t>> args(std::span<const std::string_view> toks,
-                                                        std::size_t n) {
+  using Args = std::vector<std::uint64_t>;
+  static constexpr std::size_t kNoLen = ~std::size_t{0};
+
+  // Parses exactly `n` numbers; the one at `len_at` (unless kNoLen) is a LEN, bounded by
+  // kMaxLen; `valid` checks the rest. Parse errors come before the memory check.
+  template <class Op>
+  std::string with_args(std::span<const std::string_view> toks, std::size_t n, std::size_t len_at,
+                        Op&& op, bool (*valid)(const Args&) = nullptr) {
+    auto a = args(toks, n);
+    if (!a || (len_at != kNoLen && (*a)[len_at] > kMaxLen) || (valid != nullptr && !valid(*a))) {
+      return kParse;
+    }
+    if (!mem_) {
+      return kNoMemory;
+    }
+    return op(*a);
+  }
+
+  static std::optional<Args> args(std::span<const std::string_view> toks, std::size_t n) {
     if (toks.size() != n) {
       return std::nullopt;
     }
@@ -316,33 +293,38 @@ class Replayer {
   std::string atomic_op(std::string_view cmd, std::span<const std::string_view> rest) {
     const bool is_store = cmd.starts_with("store_u");
     const std::string_view width = cmd.substr(is_store ? 7 : 6);
-    int bits = 0;
-    if (width == "8" || width == "16" || width == "32" || width == "64") {
-      bits = std::stoi(std::string(width));
-    } else {
+    if (width != "8" && width != "16" && width != "32" && width != "64") {
       return kParse;
     }
-    auto a = args(rest, is_store ? 2 : 1);
-    if (!a) {
-      return kParse;
-    }
-    if (is_store && bits < 64 && (*a)[1] >> bits != 0) {
-      return kParse;
-    }
-    if (!mem_) {
-      return kNoMemory;
-    }
-    const GuestAddress addr{(*a)[0]};
-    switch (bits) {
-      case 8:
-        return is_store ? store<std::uint8_t>(addr, (*a)[1]) : load<std::uint8_t>(addr);
-      case 16:
-        return is_store ? store<std::uint16_t>(addr, (*a)[1]) : load<std::uint16_t>(addr);
-      case 32:
-        return is_store ? store<std::uint32_t>(addr, (*a)[1]) : load<std::uint32_t>(addr);
-      default:
-        return is_store ? store<std::uint64_t>(addr, (*a)[1]) : load<std::uint64_t>(addr);
-    }
+    const int bits = std::stoi(std::string(width));
+    auto fits = [](int w) -> bool (*)(const Args&) {
+      switch (w) {
+        case 8:
+          return [](const Args& a) { return a[1] >> 8 == 0; };
+        case 16:
+          return [](const Args& a) { return a[1] >> 16 == 0; };
+        case 32:
+          return [](const Args& a) { return a[1] >> 32 == 0; };
+        default:
+          return nullptr;
+      }
+    };
+    return with_args(
+        rest, is_store ? 2 : 1, kNoLen,
+        [&](const Args& a) {
+          const GuestAddress addr{a[0]};
+          switch (bits) {
+            case 8:
+              return is_store ? store<std::uint8_t>(addr, a[1]) : load<std::uint8_t>(addr);
+            case 16:
+              return is_store ? store<std::uint16_t>(addr, a[1]) : load<std::uint16_t>(addr);
+            case 32:
+              return is_store ? store<std::uint32_t>(addr, a[1]) : load<std::uint32_t>(addr);
+            default:
+              return is_store ? store<std::uint64_t>(addr, a[1]) : load<std::uint64_t>(addr);
+          }
+        },
+        is_store ? fits(bits) : nullptr);
   }
 
   std::optional<Memory> mem_;

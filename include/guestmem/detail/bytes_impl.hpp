@@ -70,7 +70,7 @@ class BytesMixin {
   /// (1, 2, 4, 8 aligned bytes) are untorn.
   GUESTMEM_ALWAYS_INLINE Result<std::size_t> write(std::span<const std::byte> buf,
                                                    Addr addr) const {
-    const std::size_t done = write_pieces(buf, addr);
+    const std::size_t done = copy_pieces<Direction::kIn>(buf, addr);
     if (done > 0 || buf.empty()) [[likely]] {
       return done;
     }
@@ -81,7 +81,7 @@ class BytesMixin {
   /// Returns the bytes read (fewer than buf.size() at a hole or the end).
   /// Errors: as `write`.
   GUESTMEM_ALWAYS_INLINE Result<std::size_t> read(std::span<std::byte> buf, Addr addr) const {
-    const std::size_t done = read_pieces(buf, addr);
+    const std::size_t done = copy_pieces<Direction::kOut>(buf, addr);
     if (done > 0 || buf.empty()) [[likely]] {
       return done;
     }
@@ -93,7 +93,7 @@ class BytesMixin {
   /// range ends early, in which case the first `written` bytes have been written.
   GUESTMEM_ALWAYS_INLINE Result<void> write_slice(std::span<const std::byte> buf,
                                                   Addr addr) const {
-    const std::size_t done = write_pieces(buf, addr);
+    const std::size_t done = copy_pieces<Direction::kIn>(buf, addr);
     if (done == buf.size()) [[likely]] {
       return {};
     }
@@ -104,7 +104,7 @@ class BytesMixin {
   /// Errors: as `write_slice`; after PartialBuffer the first `completed` bytes of `buf` hold
   /// guest data and the rest is unchanged.
   GUESTMEM_ALWAYS_INLINE Result<void> read_slice(std::span<std::byte> buf, Addr addr) const {
-    const std::size_t done = read_pieces(buf, addr);
+    const std::size_t done = copy_pieces<Direction::kOut>(buf, addr);
     if (done == buf.size()) [[likely]] {
       return {};
     }
@@ -118,14 +118,14 @@ class BytesMixin {
     if constexpr (std::is_default_constructible_v<T>) {
       // Read straight into a T: GCC copies a byte array through bit_cast several times.
       T value;
-      const std::size_t done = read_pieces(writable_bytes_of(value), addr);
+      const std::size_t done = copy_pieces<Direction::kOut>(writable_bytes_of(value), addr);
       if (done == sizeof(T)) [[likely]] {
         return value;
       }
       return std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
     } else {
       std::array<std::byte, sizeof(T)> raw;
-      const std::size_t done = read_pieces(std::span(raw), addr);
+      const std::size_t done = copy_pieces<Direction::kOut>(std::span(raw), addr);
       if (done == sizeof(T)) [[likely]] {
         return std::bit_cast<T>(raw);
       }
@@ -137,7 +137,7 @@ class BytesMixin {
   /// Errors: as `write_slice`.
   template <ByteValued T>
   GUESTMEM_ALWAYS_INLINE Result<void> write_obj(const T& value, Addr addr) const {
-    const std::size_t done = write_pieces(bytes_of(value), addr);
+    const std::size_t done = copy_pieces<Direction::kIn>(bytes_of(value), addr);
     if (done == sizeof(T)) [[likely]] {
       return {};
     }
@@ -186,7 +186,7 @@ class BytesMixin {
   template <ReadVolatile R>
   GUESTMEM_ALWAYS_INLINE Result<std::size_t> read_volatile_from(Addr addr, R& src,
                                                                 std::size_t count) const {
-    auto moved = transfer_in(addr, src, count);
+    auto moved = transfer<Direction::kIn>(addr, src, count);
     if (moved) [[likely]] {
       return *moved;
     }
@@ -201,7 +201,8 @@ class BytesMixin {
   template <ReadVolatile R>
   GUESTMEM_ALWAYS_INLINE Result<void> read_exact_volatile_from(Addr addr, R& src,
                                                                std::size_t count) const {
-    return exact(addr, count, [&](Addr at, std::size_t n) { return transfer_in(at, src, n); });
+    return exact(addr, count,
+                 [&](Addr at, std::size_t n) { return transfer<Direction::kIn>(at, src, n); });
   }
 
   /// Writes up to `count` bytes of guest memory at `addr` to `dst`, as `read_volatile_from`
@@ -209,7 +210,7 @@ class BytesMixin {
   template <WriteVolatile W>
   GUESTMEM_ALWAYS_INLINE Result<std::size_t> write_volatile_to(Addr addr, W& dst,
                                                                std::size_t count) const {
-    auto moved = transfer_out(addr, dst, count);
+    auto moved = transfer<Direction::kOut>(addr, dst, count);
     if (moved) [[likely]] {
       return *moved;
     }
@@ -221,7 +222,8 @@ class BytesMixin {
   template <WriteVolatile W>
   GUESTMEM_ALWAYS_INLINE Result<void> write_all_volatile_to(Addr addr, W& dst,
                                                             std::size_t count) const {
-    return exact(addr, count, [&](Addr at, std::size_t n) { return transfer_out(at, dst, n); });
+    return exact(addr, count,
+                 [&](Addr at, std::size_t n) { return transfer<Direction::kOut>(at, dst, n); });
   }
 
  protected:
@@ -242,69 +244,55 @@ class BytesMixin {
   // on the success path costs more than the access. `N` is the buffer's static extent, when
   // it has one: for objects it bounds every copy at compile time.
 
-  // Copies buf into [addr, ...) and reports the bytes written: buf.size(), fewer at a hole,
-  // 0 when `addr` itself is outside.
-  template <std::size_t N>
-  GUESTMEM_ALWAYS_INLINE std::size_t write_pieces(std::span<const std::byte, N> buf,
-                                                  Addr addr) const {
-    if (buf.empty()) {
-      return 0;
+  // The two directions of a copy or transfer: into guest memory (which marks what it
+  // writes) and out of it.
+  enum class Direction { kIn, kOut };
+
+  template <Direction kDir>
+  static constexpr Permissions kAccessOf = kDir == Direction::kIn ? Permissions::Write
+                                                                  : Permissions::Read;
+
+  // Copies n bytes between `data` and the start of `piece`. `N` bounds n at compile time
+  // when the buffer has a static extent.
+  template <Direction kDir, std::size_t N, class Piece, class Byte>
+  GUESTMEM_ALWAYS_INLINE static void copy_piece(const Piece& piece, Byte* data, std::size_t n) {
+    // SAFETY: every caller passes a live piece of at least n bytes and a buffer position
+    // with at least n bytes left.
+    if constexpr (kDir == Direction::kIn) {
+      write_guest<N>(piece.unsafe_host_ptr(), data, n);
+      piece.bitmap().mark_dirty(0, n);
+    } else {
+      read_guest<N>(data, piece.unsafe_host_ptr(), n);
     }
-    auto first = self().first_piece(addr, buf.size(), Permissions::Write);
-    if (!first) [[unlikely]] {
-      return 0;
-    }
-    if (first->size() == buf.size()) [[likely]] {
-      // SAFETY: the piece is a live view of exactly buf.size() bytes.
-      write_guest<N>(first->unsafe_host_ptr(), buf.data(), buf.size());
-      first->bitmap().mark_dirty(0, buf.size());
-      return buf.size();
-    }
-    return write_rest(buf, addr, *first);
   }
 
-  template <std::size_t N>
-  GUESTMEM_ALWAYS_INLINE std::size_t read_pieces(std::span<std::byte, N> buf, Addr addr) const {
+  // Copies `buf` into (kIn) or out of (kOut) [addr, ...) and reports the bytes copied:
+  // buf.size(), fewer at a hole, 0 when `addr` itself is outside.
+  template <Direction kDir, class Byte, std::size_t N>
+  GUESTMEM_ALWAYS_INLINE std::size_t copy_pieces(std::span<Byte, N> buf, Addr addr) const {
     if (buf.empty()) {
       return 0;
     }
-    auto first = self().first_piece(addr, buf.size(), Permissions::Read);
+    auto first = self().first_piece(addr, buf.size(), kAccessOf<kDir>);
     if (!first) [[unlikely]] {
       return 0;
     }
     if (first->size() == buf.size()) [[likely]] {
-      // SAFETY: the piece is a live view of exactly buf.size() bytes.
-      read_guest<N>(buf.data(), first->unsafe_host_ptr(), buf.size());
+      copy_piece<kDir, N>(*first, buf.data(), buf.size());
       return buf.size();
     }
-    return read_rest(buf, addr, *first);
+    return copy_rest<kDir>(buf, addr, *first);
   }
 
   // The walk over the pieces of an access that did not fit its first piece.
-  template <std::size_t N, class Piece>
-  [[gnu::noinline]] std::size_t write_rest(std::span<const std::byte, N> buf, Addr addr,
-                                           Piece first) const {
-    return walk(addr, buf.size(), Permissions::Write, std::move(first),
+  template <Direction kDir, class Byte, std::size_t N, class Piece>
+  [[gnu::noinline]] std::size_t copy_rest(std::span<Byte, N> buf, Addr addr, Piece first) const {
+    return walk(addr, buf.size(), kAccessOf<kDir>, std::move(first),
                 [buf](const Piece& piece, std::size_t done) -> std::size_t {
                   // The pieces add up to at most buf.size() bytes, so n is the piece; the
                   // min() lets the compiler see the buffer bound.
                   const std::size_t n = std::min(piece.size(), buf.size() - done);
-                  // SAFETY: `piece` is a live view of at least n bytes, and
-                  // done + n <= buf.size().
-                  write_guest<N>(piece.unsafe_host_ptr(), buf.data() + done, n);
-                  piece.bitmap().mark_dirty(0, n);
-                  return n;
-                });
-  }
-
-  template <std::size_t N, class Piece>
-  [[gnu::noinline]] std::size_t read_rest(std::span<std::byte, N> buf, Addr addr,
-                                          Piece first) const {
-    return walk(addr, buf.size(), Permissions::Read, std::move(first),
-                [buf](const Piece& piece, std::size_t done) -> std::size_t {
-                  const std::size_t n = std::min(piece.size(), buf.size() - done);
-                  // SAFETY: as in write_rest, with the direction reversed.
-                  read_guest<N>(buf.data() + done, piece.unsafe_host_ptr(), n);
+                  copy_piece<kDir, N>(piece, buf.data() + done, n);
                   return n;
                 });
   }
@@ -419,81 +407,65 @@ class BytesMixin {
     return done;
   }
 
-  // One transfer into [addr, addr + count): a single call when the range is one piece,
+  template <Direction kDir, class Io, class View>
+  GUESTMEM_ALWAYS_INLINE static Result<std::size_t> transfer_one(Io& io, const View& view) {
+    if constexpr (kDir == Direction::kIn) {
+      return io.read_volatile(view);
+    } else {
+      return io.write_volatile(view);
+    }
+  }
+
+  // One transfer over [addr, addr + count): a single call when the range is one piece,
   // the general walk otherwise. Errors carry completed() = bytes moved before them.
-  template <ReadVolatile R>
-  GUESTMEM_ALWAYS_INLINE Result<std::size_t> transfer_in(Addr addr, R& src,
-                                                         std::size_t count) const {
+  template <Direction kDir, class Io>
+  GUESTMEM_ALWAYS_INLINE Result<std::size_t> transfer(Addr addr, Io& io,
+                                                      std::size_t count) const {
+    constexpr Permissions kAccess = kAccessOf<kDir>;
     if (count == 0) {
       return 0;
     }
-    if (auto piece = self().first_piece(addr, count, Permissions::Write);
-        piece && piece->size() == count) [[likely]] {
-      auto moved = src.read_volatile(untracked(*piece));
+    if (auto piece = self().first_piece(addr, count, kAccess); piece && piece->size() == count)
+        [[likely]] {
+      auto moved = transfer_one<kDir>(io, untracked(*piece));
       if (moved && *moved <= count) [[likely]] {
-        piece->bitmap().mark_dirty(0, *moved);
+        if constexpr (kDir == Direction::kIn) {
+          piece->bitmap().mark_dirty(0, *moved);
+        }
         return *moved;
       }
       return std::unexpected(moved ? Error::callback_out_of_range(count, *moved) : moved.error());
     }
-    return transfer_in_slow(addr, src, count);
+    return transfer_slow<kDir>(addr, io, count);
   }
 
-  template <ReadVolatile R>
-  [[gnu::noinline]] Result<std::size_t> transfer_in_slow(Addr addr, R& src,
-                                                         std::size_t count) const {
-    if constexpr (ReadVolatileVectored<R>) {
-      return vectored<true>(addr, count, Permissions::Write,
-                            [&](auto views) { return src.read_volatile_vectored(views); });
+  template <Direction kDir, class Io>
+  [[gnu::noinline]] Result<std::size_t> transfer_slow(Addr addr, Io& io,
+                                                      std::size_t count) const {
+    constexpr Permissions kAccess = kAccessOf<kDir>;
+    constexpr bool kVectored =
+        kDir == Direction::kIn ? ReadVolatileVectored<Io> : WriteVolatileVectored<Io>;
+    if constexpr (kVectored) {
+      return vectored<kDir == Direction::kIn>(addr, count, kAccess, [&](auto views) {
+        if constexpr (kDir == Direction::kIn) {
+          return io.read_volatile_vectored(views);
+        } else {
+          return io.write_volatile_vectored(views);
+        }
+      });
     } else {
-      return for_each_slice(
-          addr, count, Permissions::Write,
-          [&](const auto& slice, std::size_t) -> Result<std::size_t> {
-            auto moved = src.read_volatile(untracked(slice));
-            if (moved && *moved > slice.size()) {
-              return std::unexpected(Error::callback_out_of_range(slice.size(), *moved));
-            }
-            if (moved) {
-              slice.bitmap().mark_dirty(0, *moved);
-            }
-            return moved;
-          });
-    }
-  }
-
-  template <WriteVolatile W>
-  GUESTMEM_ALWAYS_INLINE Result<std::size_t> transfer_out(Addr addr, W& dst,
-                                                          std::size_t count) const {
-    if (count == 0) {
-      return 0;
-    }
-    if (auto piece = self().first_piece(addr, count, Permissions::Read);
-        piece && piece->size() == count) [[likely]] {
-      auto moved = dst.write_volatile(untracked(*piece));
-      if (moved && *moved <= count) [[likely]] {
-        return *moved;
-      }
-      return std::unexpected(moved ? Error::callback_out_of_range(count, *moved) : moved.error());
-    }
-    return transfer_out_slow(addr, dst, count);
-  }
-
-  template <WriteVolatile W>
-  [[gnu::noinline]] Result<std::size_t> transfer_out_slow(Addr addr, W& dst,
-                                                          std::size_t count) const {
-    if constexpr (WriteVolatileVectored<W>) {
-      return vectored<false>(addr, count, Permissions::Read,
-                             [&](auto views) { return dst.write_volatile_vectored(views); });
-    } else {
-      return for_each_slice(
-          addr, count, Permissions::Read,
-          [&](const auto& slice, std::size_t) -> Result<std::size_t> {
-            auto moved = dst.write_volatile(untracked(slice));
-            if (moved && *moved > slice.size()) {
-              return std::unexpected(Error::callback_out_of_range(slice.size(), *moved));
-            }
-            return moved;
-          });
+      return for_each_slice(addr, count, kAccess,
+                            [&](const auto& slice, std::size_t) -> Result<std::size_t> {
+                              auto moved = transfer_one<kDir>(io, untracked(slice));
+                              if (moved && *moved > slice.size()) {
+                                return std::unexpected(
+                                    Error::callback_out_of_range(slice.size(), *moved));
+                              }
+                              if (moved && kDir == Direction::kIn) {
+                                slice.bitmap().mark_dirty(0, *moved);
+                              }
+                              return moved;
+                            });
     }
   }
 
