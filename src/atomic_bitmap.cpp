@@ -4,6 +4,18 @@
 
 namespace guestmem {
 
+namespace detail {
+
+void mark_words(std::atomic<std::uint64_t>* words, std::size_t first, std::size_t last) noexcept {
+  for (std::size_t w = first / 64; w <= last / 64; ++w) {
+    const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
+    const unsigned hi = w == last / 64 ? static_cast<unsigned>(last % 64) : 63U;
+    set_bits(words[w], bit_range(lo, hi));
+  }
+}
+
+}  // namespace detail
+
 AtomicBitmap::AtomicBitmap(std::size_t len, std::size_t page_size)
     : len_(len),
       pages_(0),
@@ -74,7 +86,7 @@ void AtomicBitmap::reset_range(std::size_t offset, std::size_t len) const {
   for (std::size_t w = first / 64; w <= last / 64; ++w) {
     const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
     const unsigned hi = w == last / 64 ? static_cast<unsigned>(last % 64) : 63U;
-    const std::uint64_t mask = (~std::uint64_t{0} >> (63U - hi)) & (~std::uint64_t{0} << lo);
+    const std::uint64_t mask = detail::bit_range(lo, hi);
     if ((words_[w].load(std::memory_order_relaxed) & mask) != 0) {
       words_[w].fetch_and(~mask, std::memory_order_relaxed);
     }

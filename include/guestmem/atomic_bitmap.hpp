@@ -42,6 +42,22 @@ namespace guestmem {
 
 namespace detail {
 
+// The mask of bits lo..hi (inclusive) of a word.
+[[nodiscard]] constexpr std::uint64_t bit_range(unsigned lo, unsigned hi) noexcept {
+  return (~std::uint64_t{0} >> (63U - hi)) & (~std::uint64_t{0} << lo);
+}
+
+// Sets `mask` in `word`: one atomic operation, or none when the bits are already set.
+GUESTMEM_ALWAYS_INLINE void set_bits(std::atomic<std::uint64_t>& word, std::uint64_t mask) noexcept {
+  if ((word.load(std::memory_order_relaxed) & mask) != mask) {
+    word.fetch_or(mask, std::memory_order_release);
+  }
+}
+
+// The pages first..last span several words (a write of more than 64 pages, or across a
+// word boundary): out of line.
+void mark_words(std::atomic<std::uint64_t>* words, std::size_t first, std::size_t last) noexcept;
+
 // Sets the bits of the pages [offset, offset + len) touch, within `pages` pages; one atomic
 // operation per word that lacks a bit, none for words that have them all.
 GUESTMEM_ALWAYS_INLINE void mark_pages(std::atomic<std::uint64_t>* words, std::size_t pages,
@@ -60,14 +76,11 @@ GUESTMEM_ALWAYS_INLINE void mark_pages(std::atomic<std::uint64_t>* words, std::s
   }
   // Order the data stores of the write before the loads below (see the header comment).
   light_fence();
-  const std::size_t last_word = last / 64;
-  for (std::size_t w = first / 64; w <= last_word; ++w) {
-    const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
-    const unsigned hi = w == last_word ? static_cast<unsigned>(last % 64) : 63U;
-    const std::uint64_t mask = (~std::uint64_t{0} >> (63U - hi)) & (~std::uint64_t{0} << lo);
-    if ((words[w].load(std::memory_order_relaxed) & mask) != mask) {
-      words[w].fetch_or(mask, std::memory_order_release);
-    }
+  if (first / 64 == last / 64) [[likely]] {
+    set_bits(words[first / 64], bit_range(static_cast<unsigned>(first % 64),
+                                          static_cast<unsigned>(last % 64)));
+  } else {
+    mark_words(words, first, last);
   }
 }
 
