@@ -59,6 +59,12 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "InvalidPointer";
     case ErrorCode::MapFixed:
       return "MapFixed";
+    case ErrorCode::CannotResolve:
+      return "CannotResolve";
+    case ErrorCode::Fragmented:
+      return "Fragmented";
+    case ErrorCode::PermissionDenied:
+      return "PermissionDenied";
   }
   return "UnknownErrorCode";
 }
@@ -111,6 +117,14 @@ std::string Error::message() const {
       return "mapping pointer " + hex(address_) + " is not page aligned";
     case ErrorCode::MapFixed:
       return "MAP_FIXED is not allowed: it would silently replace existing mappings";
+    case ErrorCode::CannotResolve:
+      return "cannot translate I/O virtual address range " + hex(address_) + "+" + hex(length_);
+    case ErrorCode::Fragmented:
+      return "I/O virtual address range " + hex(address_) + "+" + hex(length_) +
+             " is not contiguous in host memory: only " + hex(completed_) + " bytes are";
+    case ErrorCode::PermissionDenied:
+      return "I/O virtual address range " + hex(address_) + "+" + hex(length_) +
+             " does not permit the access";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }
