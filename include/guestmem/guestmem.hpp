@@ -13,6 +13,7 @@
 //   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
+//   iommu.hpp           Iotlb, Iommu, IommuMemory, IommuMode, IovaRange, MappedRange
 //   concepts.hpp        Bytes, GuestMemoryRegion, GuestMemoryBackend, GuestMemory
 #pragma once
 
@@ -26,6 +27,7 @@
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/guest_region.hpp"
 #include "guestmem/io.hpp"
+#include "guestmem/iommu.hpp"
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
 #include "guestmem/volatile_io.hpp"
@@ -37,5 +39,6 @@ static_assert(Bytes<VolatileSlice<>, std::size_t>);
 static_assert(GuestMemoryRegion<GuestRegionMmap<>>);
 static_assert(GuestMemoryBackend<GuestMemoryMmap<>>);
 static_assert(GuestMemory<GuestMemoryMmap<>>);
+static_assert(GuestMemory<IommuMemory<GuestMemoryMmap<>>>);
 
 }  // namespace guestmem
