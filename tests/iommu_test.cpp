@@ -720,6 +720,22 @@ TEST(IommuMemory, DirtyBitmapAtIovaGranularity) {
   EXPECT_EQ(&mem.bitmap(), iova_bitmap.get());
 }
 
+TEST(IommuMemory, RegionBitmapsWithoutAnIovaBitmap) {
+  using Tracked = IommuMemory<GuestMemoryMmap<RecordingBitmap>>;
+  static_assert(std::same_as<Tracked::slice_type, GuestMemoryMmap<RecordingBitmap>::slice_type>);
+  auto phys = physical<RecordingBitmap>({{ga(0x4000), 0x1000}});
+  auto iommu = std::make_shared<Iommu>();
+  ASSERT_TRUE(iommu->set_mapping(ga(0x2a000), ga(0x4800), 0x800, Permissions::Write).has_value());
+  Tracked mem(phys, iommu);
+  auto& bitmap = phys.find_region(ga(0x4000))->bitmap();
+  bitmap.take();
+  // The second write hits the cache; both report at region offsets.
+  ASSERT_EQ(mem.write_obj(std::uint32_t{1}, ga(0x2a010)), Result<void>());
+  ASSERT_EQ(mem.write_obj(std::uint16_t{2}, ga(0x2a7fe)), Result<void>());
+  EXPECT_EQ(bitmap.take(), (Marks{{0x810, 4}, {0xffe, 2}}));
+  EXPECT_EQ(mem.backend().read_obj<std::uint16_t>(ga(0x4ffe)), Result<std::uint16_t>(2));
+}
+
 TEST(IommuMemory, StopOnError) {
   auto mem = two_fragment_memory(std::make_shared<Iommu>(), Permissions::Read);
   auto err = (*mem.get_slices(ga(kVirt - 4), 8, Permissions::Read)).stop_on_error();

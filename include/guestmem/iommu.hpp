@@ -293,8 +293,11 @@ class IommuBitmapSlice {
 /// reported to the regions' own bitmaps; vm-memory reports them to one level only.
 ///
 /// Translations are cached per IommuMemory object (a few entries, checked against the
-/// IOMMU's generation on every hit), so a hit costs a few loads and compares and takes no
-/// lock; a miss asks the Iommu, and through it maybe the miss handler, on the calling thread.
+/// IOMMU's generation on every hit, each clipped to one region of `M` and holding its host
+/// address), so a hit costs a few loads and compares and takes no lock; with untracked
+/// regions it does not even look `M` up. A miss asks the Iommu, and through it maybe the miss
+/// handler, on the calling thread. `M` must not change under the object (GuestMemoryMmap
+/// never does; hot-plug goes through with_replaced_backend).
 ///
 /// Concurrency: const members may be called from any number of threads, concurrently with
 /// any Iommu call (see Iommu for what an invalidation guarantees). set_iommu_mode and
@@ -307,6 +310,8 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   using PhysicalSlice = typename M::region_type::slice_type;
   using PhysicalBitmapSlice = typename PhysicalSlice::bitmap_slice_type;
   static constexpr bool kIovaTracking = !std::same_as<B, NoBitmap>;
+  // Without tracking below, a cached host address is all a hit needs.
+  static constexpr bool kPhysicalTracking = !std::same_as<PhysicalBitmapSlice, NoBitmap>;
 
  public:
   using physical_memory_type = M;
@@ -456,9 +461,11 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     return memory_.get_slices(GuestAddress{target}, count).next();
   }
 
-  // Where `iova` translates for `access`: the cache, else the Iommu (and its handler).
+  // Where `iova` translates for `access`: the cache, else the Iommu (and its handler). The
+  // cache gets the part of the IOTLB entry whose targets lie in the region holding the
+  // target of `iova`, with its host address; a target outside memory is not cached.
   Result<detail::IotlbCache::Hit> lookup(std::uint64_t iova, std::size_t count,
-                                            Permissions access) const {
+                                         Permissions access) const {
     if (auto hit = cache_.find(iova, access, iommu_->generation())) {
       return *hit;
     }
@@ -467,11 +474,22 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
       return std::unexpected(found.error());
     }
     const IotlbEntry& entry = found->entry;
-    const std::uint64_t start = entry.iova.raw_value();
-    // Cannot wrap: an entry's exclusive end fits in 64 bits.
-    const std::uint64_t end = start + entry.length;
-    cache_.insert(iova, start, end, entry.target.raw_value(), entry.permissions, found->generation);
-    return detail::IotlbCache::Hit{entry.target.raw_value() + (iova - start), end - iova};
+    // Bytes of the entry before `iova`, and from `iova` on (no sum wraps: an entry's
+    // exclusive end fits in 64 bits on both sides).
+    std::uint64_t before = iova - entry.iova.raw_value();
+    std::uint64_t after = entry.length - before;
+    const std::uint64_t target = entry.target.raw_value() + before;
+    auto region = memory_.to_region_addr(GuestAddress{target});
+    if (!region) {
+      return detail::IotlbCache::Hit{target, nullptr, after};
+    }
+    const std::uint64_t offset = region->second.raw_value();
+    before = std::min(before, offset);
+    after = std::min<std::uint64_t>(after, region->first->len() - offset);
+    std::uint8_t* const base = region->first->as_volatile_slice().unsafe_host_ptr();
+    cache_.insert(iova, iova - before, iova + after, target - before, base + (offset - before),
+                  entry.permissions, found->generation);
+    return detail::IotlbCache::Hit{target, base + offset, after};
   }
 
   // The translated piece of [iova, iova + count) that starts at `iova` (count > 0).
@@ -508,12 +526,20 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     if (mode_ == IommuMode::Translate) [[likely]] {
       const auto hit = cache_.find(addr.raw_value(), access, iommu_->generation());
       if (hit) [[likely]] {
-        auto piece = physical_piece(hit->target, std::min<std::uint64_t>(count, hit->available));
-        if (piece->has_value()) [[likely]] {
-          if (detail::last_iommu_failure.owner != nullptr) [[unlikely]] {
-            detail::last_iommu_failure.owner = nullptr;
+        const std::uint64_t n = std::min<std::uint64_t>(count, hit->available);
+        if constexpr (kPhysicalTracking) {
+          auto piece = physical_piece(hit->target, n);
+          if (piece->has_value()) [[likely]] {
+            forget_failure();
+            return translated(**piece, addr.raw_value());
           }
-          return translated(**piece, addr.raw_value());
+        } else {
+          forget_failure();
+          // SAFETY: a cache entry covers host bytes of one region of memory_, from `host` on
+          // for `available` bytes (lookup() clips it to the region). memory_ keeps the region
+          // mapped and never changes while this cache exists: copies and assignments start
+          // with an empty cache.
+          return translated(PhysicalSlice::from_raw_parts(hit->host, n), addr.raw_value());
         }
       }
       return first_piece_slow(addr, count, access);
@@ -525,18 +551,25 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     return untranslated(**piece);
   }
 
+  // A first piece was found: no failure is pending for slices_for.
+  GUESTMEM_ALWAYS_INLINE static void forget_failure() noexcept {
+    if (detail::last_iommu_failure.owner != nullptr) [[unlikely]] {
+      detail::last_iommu_failure.owner = nullptr;
+    }
+  }
+
   // The translated first piece when the cache cannot give it; records a failure for
   // slices_for (see detail::IommuFailure).
   [[gnu::noinline]] std::optional<slice_type> first_piece_slow(GuestAddress addr,
                                                                std::size_t count,
                                                                Permissions access) const {
     auto piece = translated_piece(addr, count, access);
-    detail::IommuFailure& failure = detail::last_iommu_failure;
     if (piece) {
-      failure.owner = nullptr;
+      forget_failure();
       return std::move(*piece);
     }
-    failure = detail::IommuFailure{this, addr.raw_value(), count, access, piece.error()};
+    detail::last_iommu_failure =
+        detail::IommuFailure{this, addr.raw_value(), count, access, piece.error()};
     return std::nullopt;
   }
 

@@ -30,10 +30,11 @@ namespace guestmem::detail {
 /// its cache lines; on x86 a hit is plain loads.
 class IotlbCache {
  public:
-  /// A translation from the cache: the target of the IOVA looked up and how many bytes from
-  /// it on the entry covers.
+  /// A translation from the cache: the target of the IOVA looked up, its host address, and
+  /// how many bytes from it on the entry covers.
   struct Hit {
     std::uint64_t target;
+    std::uint8_t* host;
     std::uint64_t available;
   };
 
@@ -57,6 +58,7 @@ class IotlbCache {
     const std::uint64_t start = slot.start.load(std::memory_order_acquire);
     const std::uint64_t end = slot.end.load(std::memory_order_acquire);
     const std::uint64_t target = slot.target.load(std::memory_order_acquire);
+    std::uint8_t* const host = slot.host.load(std::memory_order_acquire);
     const std::uint64_t tag = slot.tag.load(std::memory_order_acquire);
     const std::uint64_t after = slot.sequence.load(std::memory_order_relaxed);
     const bool hit = before == after && (before & 1U) == 0 && iova - start < end - start &&
@@ -64,13 +66,14 @@ class IotlbCache {
     if (!hit) {
       return std::nullopt;
     }
-    return Hit{target + (iova - start), end - iova};
+    return Hit{target + (iova - start), host + (iova - start), end - iova};
   }
 
   /// Remembers, in the slot of `iova`, that [start, end) (which holds `iova`) maps to
-  /// `target` with `permissions` at `generation`.
+  /// `target`, at host address `host`, with `permissions` at `generation`.
   void insert(std::uint64_t iova, std::uint64_t start, std::uint64_t end, std::uint64_t target,
-              Permissions permissions, std::uint64_t generation) const noexcept {
+              std::uint8_t* host, Permissions permissions,
+              std::uint64_t generation) const noexcept {
     Slot& slot = slots_[index(iova)];
     std::uint64_t sequence = slot.sequence.load(std::memory_order_relaxed);
     if ((sequence & 1U) != 0 ||
@@ -82,6 +85,7 @@ class IotlbCache {
     slot.start.store(start, std::memory_order_release);
     slot.end.store(end, std::memory_order_release);
     slot.target.store(target, std::memory_order_release);
+    slot.host.store(host, std::memory_order_release);
     slot.tag.store(generation << 2 | permission_bits(permissions), std::memory_order_release);
     slot.sequence.store(sequence + 2, std::memory_order_release);
   }
@@ -97,6 +101,7 @@ class IotlbCache {
     std::atomic<std::uint64_t> start{0};
     std::atomic<std::uint64_t> end{0};
     std::atomic<std::uint64_t> target{0};
+    std::atomic<std::uint8_t*> host{nullptr};
     std::atomic<std::uint64_t> tag{~std::uint64_t{0}};
   };
 
