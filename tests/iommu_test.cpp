@@ -707,6 +707,9 @@ TEST(IommuMemory, DirtyBitmapAtIovaGranularity) {
   ASSERT_TRUE(view.has_value()) << view.error();
   EXPECT_EQ(iova_bitmap->take(), Marks{});
   ASSERT_EQ(view->write_obj(std::uint16_t{1}, 2), Result<void>());
+  EXPECT_TRUE(view->bitmap().physical().dirty_at(3));
+  EXPECT_TRUE(view->bitmap().iova()->dirty_at(2));
+  EXPECT_FALSE(view->bitmap().dirty_at(4));
   EXPECT_EQ(iova_bitmap->take(), (Marks{{0x2a102, 2}}));
   EXPECT_EQ(phys_bitmap.take(), (Marks{{0x1102, 2}}));
   EXPECT_TRUE(view->bitmap().iova().has_value());

@@ -376,6 +376,7 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   }
 
   /// The memory below when addresses are not translated; nullptr in Translate mode.
+  /// Validity: while this object is alive and its mode unchanged.
   [[nodiscard]] const M* physical_memory() const noexcept {
     return mode_ == IommuMode::Translate ? nullptr : &memory_;
   }
