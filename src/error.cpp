@@ -61,6 +61,12 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "MapFixed";
     case ErrorCode::InvalidBitmap:
       return "InvalidBitmap";
+    case ErrorCode::CannotResolve:
+      return "CannotResolve";
+    case ErrorCode::Fragmented:
+      return "Fragmented";
+    case ErrorCode::PermissionDenied:
+      return "PermissionDenied";
   }
   return "UnknownErrorCode";
 }
@@ -116,6 +122,14 @@ std::string Error::message() const {
     case ErrorCode::InvalidBitmap:
       return "dirty bitmap of " + to_string(address_) + " words does not match one of " +
              to_string(length_) + " words (or sets bits past the last page)";
+    case ErrorCode::CannotResolve:
+      return "cannot translate I/O virtual address range " + hex(address_) + "+" + hex(length_);
+    case ErrorCode::Fragmented:
+      return "I/O virtual address range " + hex(address_) + "+" + hex(length_) +
+             " is not contiguous in host memory: only " + hex(completed_) + " bytes are";
+    case ErrorCode::PermissionDenied:
+      return "I/O virtual address range " + hex(address_) + "+" + hex(length_) +
+             " does not permit the access";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }

@@ -26,6 +26,9 @@
 //   InvalidPointer           the pointer             -              -                   -
 //   MapFixed                 -                       -              -                   -
 //   InvalidBitmap            words given             words expected -                   -
+//   CannotResolve            IOVA of the failed part length of it   -                   -
+//   Fragmented               IOVA asked for          length asked   -/contiguous bytes  -
+//   PermissionDenied         IOVA of refused part    length of it   -                   -
 //
 //   auto r = mem.read_obj<std::uint32_t>(addr);
 //   if (!r && r.error().code() == ErrorCode::PartialBuffer) {
@@ -93,6 +96,14 @@ enum class ErrorCode : std::uint8_t {
   MapFixed,
   /// A dirty bitmap from outside does not match the bitmap it is merged into.
   InvalidBitmap,
+  /// Part of an I/O virtual address range has no IOMMU mapping, even after the IOMMU's miss
+  /// handler was asked for one.
+  CannotResolve,
+  /// An I/O virtual address range that had to be one contiguous host range is not.
+  Fragmented,
+  /// An IOMMU mapping exists but its permissions refuse the access, even after the miss
+  /// handler was asked.
+  PermissionDenied,
 };
 
 /// The enumerator's name, for example "PartialBuffer".
@@ -168,6 +179,13 @@ class [[nodiscard]] Error {
                                           std::uint64_t file_size) noexcept {
     Error e = at(ErrorCode::MappingPastEof, file_offset, size);
     e.expected_ = file_size;
+    return e;
+  }
+
+  static constexpr Error fragmented(std::uint64_t iova, std::uint64_t length,
+                                    std::uint64_t contiguous) noexcept {
+    Error e = at(ErrorCode::Fragmented, iova, length);
+    e.completed_ = contiguous;
     return e;
   }
 

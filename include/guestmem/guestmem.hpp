@@ -14,6 +14,7 @@
 //   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
+//   iommu.hpp           Iotlb, Iommu, IommuMemory, IommuMode, IovaRange, MappedRange
 //   concepts.hpp        Bytes, GuestMemoryRegion, GuestMemoryBackend, GuestMemory
 //   atomic_memory.hpp   GuestAddressSpace, GuestMemoryAtomic, SharedAddressSpace, RefAddressSpace
 #pragma once
@@ -30,6 +31,7 @@
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/guest_region.hpp"
 #include "guestmem/io.hpp"
+#include "guestmem/iommu.hpp"
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
 #include "guestmem/volatile_io.hpp"
@@ -45,5 +47,6 @@ static_assert(GuestMemory<GuestMemoryMmap<AtomicBitmap>>);
 static_assert(GuestAddressSpace<GuestMemoryAtomic<GuestMemoryMmap<>>>);
 static_assert(GuestAddressSpace<SharedAddressSpace<GuestMemoryMmap<>>>);
 static_assert(GuestAddressSpace<RefAddressSpace<GuestMemoryMmap<>>>);
+static_assert(GuestMemory<IommuMemory<GuestMemoryMmap<>>>);
 
 }  // namespace guestmem
