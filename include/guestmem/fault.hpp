@@ -1,0 +1,291 @@
+// guestmem: fault-tolerant memory primitives.
+//
+// A VMM's guest memory can disappear under it: a vhost-user front end truncates the memfd it
+// shared (the next access raises SIGBUS), or a region is unmapped or protected while a device
+// uses it (SIGSEGV). The primitives here copy, fill, load, store and compare-exchange memory
+// like plain instructions, but a fault stops them instead of killing the process: they report
+// how much was done, the faulting address and the signal.
+//
+// How: the primitives are assembly routines (src/arch/x86_64/) whose every memory instruction
+// has a recovery label. A SIGSEGV/SIGBUS handler, installed once, recognises a kernel-
+// generated fault whose instruction pointer lies inside them and resumes at the recovery
+// label; every other fault goes to the handler installed before it (or the default action),
+// so a real crash still crashes with its own signal. The fast path is the plain instruction
+// sequence: no system call, no sigsetjmp, no per-call registration. See docs/DESIGN.md,
+// "Fault-tolerant access".
+//
+// Rules shared by every primitive:
+// - A copy or fill does a prefix of the bytes: `done` bytes from the start, exactly those
+//   before the first byte that faulted. A copy or fill of 1, 2, 4 or 8 bytes is one access.
+// - The handler is installed on first use; install_fault_handler() does it explicitly (and
+//   reports failure). Only x86-64 can recover from faults; elsewhere install_fault_handler()
+//   fails with FaultRecoveryUnsupported and the primitives abort.
+//
+//   auto done = guestmem::fallible_copy(host_buf, guest_ptr, 4096);
+//   if (done.fault) {
+//     log(done.done, done.fault->address, done.fault->signal);   // 2048, ..., SIGBUS
+//   }
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <optional>
+
+#include "guestmem/byte_valued.hpp"
+#include "guestmem/detail/config.hpp"
+#include "guestmem/error.hpp"
+
+namespace guestmem {
+
+/// Where and why a fault-tolerant access stopped.
+struct FaultInfo {
+  /// The first byte that could not be accessed (the kernel's si_addr; 0 when the kernel did
+  /// not say, as for a non-canonical address).
+  std::uintptr_t address = 0;
+  /// SIGSEGV (unmapped or protected memory) or SIGBUS (a page past the end of a truncated
+  /// file, or a hardware memory error).
+  int signal = 0;
+
+  friend constexpr bool operator==(const FaultInfo&, const FaultInfo&) noexcept = default;
+};
+
+/// What a fault-tolerant copy or fill did.
+struct FallibleOutcome {
+  /// Bytes done, from the start of the range.
+  std::size_t done = 0;
+  /// The fault that stopped it; empty when all bytes were done.
+  std::optional<FaultInfo> fault;
+};
+
+/// Installs the SIGSEGV/SIGBUS handler that lets the primitives recover, once per process
+/// (later calls return the first call's result). The fallible APIs call it on first use; call
+/// it explicitly to install at a chosen time and to see failures early.
+/// Errors: FaultRecoveryUnsupported on architectures without the primitives (os_error() 0) or
+/// when sigaction fails (os_error() = errno).
+/// Concurrency: thread-safe. A SIGSEGV or SIGBUS handler installed later by someone else
+/// replaces guestmem's; it must chain to the handler it replaced (sigaction's old action), as
+/// guestmem's does, or faults in the primitives will reach it instead.
+Result<void> install_fault_handler();
+
+namespace detail {
+
+/// The fault record the primitives fill in after a fault (layout fixed by the assembly).
+struct RawFault {
+  std::uintptr_t address;
+  std::int32_t signal;
+};
+
+/// A load's value and the bytes it did not do (returned in rax:rdx).
+struct RawLoad {
+  std::uint64_t value;
+  std::uint64_t left;
+};
+
+/// True once the handler is installed; set with release order after it is.
+extern std::atomic<bool> fault_handler_ready;
+
+#if defined(__x86_64__)
+inline constexpr bool kFaultRecovery = true;
+
+extern "C" {
+std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
+                                RawFault* fault) noexcept;
+std::size_t guestmem_fault_fill(void* dst, int byte, std::size_t len, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u8(const void* src, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u16(const void* src, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u32(const void* src, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u64(const void* src, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u8(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u16(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u32(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u64(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u8(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                  RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u16(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                   RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u32(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                   RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u64(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                   RawFault* fault) noexcept;
+}
+#else
+inline constexpr bool kFaultRecovery = false;
+#endif
+
+/// Installs the handler if needed; for the APIs that return errors.
+/// Errors: as install_fault_handler().
+GUESTMEM_ALWAYS_INLINE Result<void> ensure_fault_handler() {
+  if constexpr (kFaultRecovery) {
+    if (fault_handler_ready.load(std::memory_order_acquire)) [[likely]] {
+      return {};
+    }
+  }
+  return install_fault_handler();
+}
+
+/// Installs the handler if needed; for the primitives, which have no error to return: aborts
+/// when it cannot be installed.
+[[gnu::noinline]] void require_fault_handler_slow() noexcept;
+GUESTMEM_ALWAYS_INLINE void require_fault_handler() noexcept {
+  if (!fault_handler_ready.load(std::memory_order_acquire)) [[unlikely]] {
+    require_fault_handler_slow();
+  }
+}
+
+/// Aborts with a message saying fault recovery is not supported on this architecture.
+[[noreturn]] void fault_recovery_unsupported() noexcept;
+
+[[nodiscard]] inline FaultInfo to_fault_info(const RawFault& raw) noexcept {
+  return FaultInfo{raw.address, raw.signal};
+}
+
+}  // namespace detail
+
+/// Copies `len` bytes from `src` to `dst`, forward, stopping at the first byte that faults.
+/// A copy of 1, 2, 4 or 8 bytes is one load and one store (never torn, aligned or not).
+/// Returns the bytes copied (a prefix) and, when fewer than `len`, the fault.
+/// Preconditions: every byte of both ranges either may be accessed or faults (no memory with
+/// side effects on access, such as device MMIO); the ranges do not overlap, or the bytes
+/// written in the overlap are unspecified (nothing outside the ranges is touched).
+/// Aborts when fault recovery is unsupported (install_fault_handler() says so).
+/// Concurrency: other threads and the guest may access both ranges; only single accesses
+/// are untorn.
+inline FallibleOutcome fallible_copy(void* dst, const void* src, std::size_t len) noexcept {
+  if constexpr (detail::kFaultRecovery) {
+    detail::require_fault_handler();
+    detail::RawFault raw;
+    // SAFETY: the routine recovers from a fault on any byte of either range (the caller's
+    // precondition), and touches no byte outside them.
+    const std::size_t left = detail::guestmem_fault_copy(dst, src, len, &raw);
+    if (left == 0) [[likely]] {
+      return FallibleOutcome{len, std::nullopt};
+    }
+    return FallibleOutcome{len - left, detail::to_fault_info(raw)};
+  } else {
+    detail::fault_recovery_unsupported();
+  }
+}
+
+/// Sets `len` bytes at `dst` to `byte`, stopping at the first byte that faults. A fill of 1,
+/// 2, 4 or 8 bytes is one store. Returns as fallible_copy.
+/// Preconditions: as fallible_copy, for the one range.
+inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t len) noexcept {
+  if constexpr (detail::kFaultRecovery) {
+    detail::require_fault_handler();
+    detail::RawFault raw;
+    // SAFETY: as in fallible_copy.
+    const std::size_t left = detail::guestmem_fault_fill(dst, byte, len, &raw);
+    if (left == 0) [[likely]] {
+      return FallibleOutcome{len, std::nullopt};
+    }
+    return FallibleOutcome{len - left, detail::to_fault_info(raw)};
+  } else {
+    detail::fault_recovery_unsupported();
+  }
+}
+
+/// Loads the `T` at `src` with one instruction (never torn when `src` is aligned to sizeof(T)).
+/// Ordering: as a std::memory_order_seq_cst load (on x86-64 every load is one).
+/// Errors: the fault, when the load faulted.
+/// Preconditions: as fallible_copy.
+template <AtomicAccess T>
+inline std::expected<T, FaultInfo> fallible_load(const void* src) noexcept {
+  if constexpr (detail::kFaultRecovery) {
+    detail::require_fault_handler();
+    detail::RawFault raw;
+    detail::RawLoad loaded;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      loaded = detail::guestmem_fault_load_u8(src, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      loaded = detail::guestmem_fault_load_u16(src, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      loaded = detail::guestmem_fault_load_u32(src, &raw);
+    } else {
+      loaded = detail::guestmem_fault_load_u64(src, &raw);
+    }
+    if (loaded.left == 0) [[likely]] {
+      return static_cast<T>(loaded.value);
+    }
+    return std::unexpected(detail::to_fault_info(raw));
+  } else {
+    detail::fault_recovery_unsupported();
+  }
+}
+
+/// Stores `value` at `dst` with one instruction (never torn when `dst` is aligned).
+/// Ordering: as a std::memory_order_release store; fallible_store_seq_cst for seq_cst.
+/// Errors: the fault, when the store faulted (then nothing was stored).
+/// Preconditions: as fallible_copy.
+template <AtomicAccess T>
+inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcept {
+  if constexpr (detail::kFaultRecovery) {
+    detail::require_fault_handler();
+    detail::RawFault raw;
+    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
+    std::size_t left;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      left = detail::guestmem_fault_store_u8(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      left = detail::guestmem_fault_store_u16(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      left = detail::guestmem_fault_store_u32(dst, bits, &raw);
+    } else {
+      left = detail::guestmem_fault_store_u64(dst, bits, &raw);
+    }
+    if (left == 0) [[likely]] {
+      return {};
+    }
+    return std::unexpected(detail::to_fault_info(raw));
+  } else {
+    detail::fault_recovery_unsupported();
+  }
+}
+
+/// Atomically replaces the `T` at `dst` with `desired` if it equals `expected`, with one
+/// sequentially consistent read-modify-write instruction.
+/// Returns the value found: the exchange happened iff it equals `expected`.
+/// Errors: the fault, when the access faulted (then nothing was stored).
+/// Preconditions: as fallible_copy, and `dst` is aligned to sizeof(T) (an unaligned locked
+/// access may split across cache lines, which x86-64 makes slow and other CPUs refuse).
+template <AtomicAccess T>
+inline std::expected<T, FaultInfo> fallible_compare_exchange(void* dst, T expected,
+                                                             T desired) noexcept {
+  if constexpr (detail::kFaultRecovery) {
+    detail::require_fault_handler();
+    detail::RawFault raw;
+    using U = std::make_unsigned_t<T>;
+    const auto old_bits = static_cast<std::uint64_t>(static_cast<U>(expected));
+    const auto new_bits = static_cast<std::uint64_t>(static_cast<U>(desired));
+    detail::RawLoad found;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      found = detail::guestmem_fault_cmpxchg_u8(dst, old_bits, new_bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      found = detail::guestmem_fault_cmpxchg_u16(dst, old_bits, new_bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      found = detail::guestmem_fault_cmpxchg_u32(dst, old_bits, new_bits, &raw);
+    } else {
+      found = detail::guestmem_fault_cmpxchg_u64(dst, old_bits, new_bits, &raw);
+    }
+    if (found.left == 0) [[likely]] {
+      return static_cast<T>(static_cast<U>(found.value));
+    }
+    return std::unexpected(detail::to_fault_info(raw));
+  } else {
+    detail::fault_recovery_unsupported();
+  }
+}
+
+/// fallible_store followed by a sequentially consistent fence: a seq_cst store.
+template <AtomicAccess T>
+inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
+  auto stored = fallible_store(dst, value);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return stored;
+}
+
+}  // namespace guestmem
