@@ -14,6 +14,8 @@
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
 //   concepts.hpp        Bytes, GuestMemoryRegion, GuestMemoryBackend, GuestMemory
+//   fault.hpp           install_fault_handler, FaultInfo, fallible_copy/fill/load/store/...
+//   vm_io.hpp           VmReader, VmWriter, Fallible, Infallible, VmIo, VmIoOnce, PodOnce
 #pragma once
 
 #include "guestmem/address.hpp"
@@ -22,6 +24,7 @@
 #include "guestmem/concepts.hpp"
 #include "guestmem/endian.hpp"
 #include "guestmem/error.hpp"
+#include "guestmem/fault.hpp"
 #include "guestmem/fd.hpp"
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/guest_region.hpp"
@@ -29,6 +32,7 @@
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
 #include "guestmem/volatile_io.hpp"
+#include "guestmem/vm_io.hpp"
 #include "guestmem/volatile_slice.hpp"
 
 namespace guestmem {
@@ -37,5 +41,9 @@ static_assert(Bytes<VolatileSlice<>, std::size_t>);
 static_assert(GuestMemoryRegion<GuestRegionMmap<>>);
 static_assert(GuestMemoryBackend<GuestMemoryMmap<>>);
 static_assert(GuestMemory<GuestMemoryMmap<>>);
+static_assert(VmIo<VolatileSlice<>, std::size_t> && VmIoOnce<VolatileSlice<>, std::size_t>);
+static_assert(VmIo<GuestRegionMmap<>, MemoryRegionAddress> &&
+              VmIoOnce<GuestRegionMmap<>, MemoryRegionAddress>);
+static_assert(VmIo<GuestMemoryMmap<>, GuestAddress> && VmIoOnce<GuestMemoryMmap<>, GuestAddress>);
 
 }  // namespace guestmem
