@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <expected>
 #include <optional>
+#include <type_traits>
 
 #include "guestmem/byte_valued.hpp"
 #include "guestmem/detail/config.hpp"

@@ -74,9 +74,12 @@ bool fixup(ucontext_t& context, const siginfo_t& info, int signal) noexcept {
     return false;
   }
   const auto offset = static_cast<std::int32_t>(rip - begin);
+  // SAFETY: the table is read-only data of this library, bounded by its two symbols.
   for (const FaultTableEntry* entry = guestmem_fault_table; entry != guestmem_fault_table_end;
        ++entry) {
     if (entry->instruction == offset) {
+      // SAFETY: the kernel's ucontext of the interrupted thread; the recovery code reads r10
+      // and r11 and needs no other register changed.
       registers[REG_RIP] = static_cast<greg_t>(begin + static_cast<std::uintptr_t>(entry->recovery));
       registers[REG_R10] = static_cast<greg_t>(reinterpret_cast<std::uintptr_t>(info.si_addr));
       registers[REG_R11] = signal;
