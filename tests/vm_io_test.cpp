@@ -210,6 +210,10 @@ TEST(FallibleLoadStore, EverySizeWorksAndFaults) {
   EXPECT_TRUE(fallible_store_seq_cst<std::uint64_t>(ok + 8, 0x0123456789abcdef).has_value());
   EXPECT_EQ(fallible_load<std::uint64_t>(ok + 8), 0x0123456789abcdefu);
   EXPECT_EQ(fallible_load<std::int16_t>(ok + 2), static_cast<std::int16_t>(0xabcd));
+  EXPECT_TRUE(fallible_store_seq_cst<std::uint8_t>(ok + 1, 0x12).has_value());
+  EXPECT_TRUE(fallible_store_seq_cst<std::int16_t>(ok + 2, -2).has_value());
+  EXPECT_TRUE(fallible_store_seq_cst<std::uint32_t>(ok + 4, 0x01020304).has_value());
+  EXPECT_EQ(fallible_load<std::uint64_t>(ok), 0x01020304fffe12abu);
 
   EXPECT_EQ(fallible_load<std::uint8_t>(bad).error(), fault);
   EXPECT_EQ(fallible_load<std::uint16_t>(bad).error(), fault);
@@ -219,6 +223,10 @@ TEST(FallibleLoadStore, EverySizeWorksAndFaults) {
   EXPECT_EQ(fallible_store<std::uint16_t>(bad, 1).error(), fault);
   EXPECT_EQ(fallible_store<std::uint32_t>(bad, 1).error(), fault);
   EXPECT_EQ(fallible_store<std::uint64_t>(bad, 1).error(), fault);
+  EXPECT_EQ(fallible_store_seq_cst<std::uint8_t>(bad, 1).error(), fault);
+  EXPECT_EQ(fallible_store_seq_cst<std::uint16_t>(bad, 1).error(), fault);
+  EXPECT_EQ(fallible_store_seq_cst<std::uint32_t>(bad, 1).error(), fault);
+  EXPECT_EQ(fallible_store_seq_cst<std::uint64_t>(bad, 1).error(), fault);
   EXPECT_EQ((fallible_compare_exchange<std::uint8_t>(bad, 0, 1).error()), fault);
   EXPECT_EQ((fallible_compare_exchange<std::uint16_t>(bad, 0, 1).error()), fault);
   EXPECT_EQ((fallible_compare_exchange<std::uint32_t>(bad, 0, 1).error()), fault);
@@ -581,6 +589,9 @@ TEST(GuestMemoryMmap, TryReadAcrossRegionsStopsAtTheTruncatedPage) {
   FileBackedMemory f;
   const auto data = pattern(8 * kPage);
   ASSERT_TRUE(f.mem.write_slice(data, GuestAddress{0x10000}).has_value());
+  // The reader exists before the file shrinks under it.
+  auto reader = f.mem.reader(f.second(), 2 * kPage);
+  ASSERT_TRUE(reader.has_value());
   f.truncate_second(1);
   const GuestAddress lost = f.second().unchecked_add(kPage);
   std::vector<std::byte> out(8 * kPage);
@@ -590,8 +601,6 @@ TEST(GuestMemoryMmap, TryReadAcrossRegionsStopsAtTheTruncatedPage) {
   EXPECT_EQ(GuestAddress{0x10000}.unchecked_add(read.error().completed()), lost);
   EXPECT_EQ(std::memcmp(out.data(), data.data(), 5 * kPage), 0);
   EXPECT_EQ(f.mem.try_read_slice(out, GuestAddress{0x10000}).error().code(), ErrorCode::Fault);
-  auto reader = f.mem.reader(f.second(), 2 * kPage);
-  ASSERT_TRUE(reader.has_value());
   std::vector<std::byte> sink(2 * kPage);
   auto writer = VmWriter<Infallible>::from_bytes(sink);
   EXPECT_EQ(reader->read_fallible(writer).error(),

@@ -110,6 +110,10 @@ RawLoad guestmem_fault_cmpxchg_u32(void* dst, std::uint64_t expected, std::uint6
                                    RawFault* fault) noexcept;
 RawLoad guestmem_fault_cmpxchg_u64(void* dst, std::uint64_t expected, std::uint64_t desired,
                                    RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u8(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u16(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u32(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u64(void* dst, std::uint64_t value, RawFault* fault) noexcept;
 }
 #else
 inline constexpr bool kFaultRecovery = false;
@@ -145,9 +149,10 @@ GUESTMEM_ALWAYS_INLINE void require_fault_handler() noexcept {
 }  // namespace detail
 
 /// Copies `len` bytes from `src` to `dst`, forward, stopping at the first byte that faults.
-/// A copy of 1, 2, 4 or 8 bytes is one load and one store (never torn, aligned or not).
+/// A copy of 1, 2, 4 or 8 bytes is one load and one store (never torn when aligned).
 /// Returns the bytes copied (a prefix) and, when fewer than `len`, the fault.
-/// Preconditions: every byte of both ranges either may be accessed or faults (no memory with
+/// May stop short: only at a fault (on either side). Errors: none besides the fault.
+/// Validity: nothing is retained. Preconditions: every byte of both ranges either may be accessed or faults (no memory with
 /// side effects on access, such as device MMIO); the ranges do not overlap, or the bytes
 /// written in the overlap are unspecified (nothing outside the ranges is touched).
 /// Aborts when fault recovery is unsupported (install_fault_handler() says so).
@@ -170,7 +175,7 @@ inline FallibleOutcome fallible_copy(void* dst, const void* src, std::size_t len
 }
 
 /// Sets `len` bytes at `dst` to `byte`, stopping at the first byte that faults. A fill of 1,
-/// 2, 4 or 8 bytes is one store. Returns as fallible_copy.
+/// 2, 4 or 8 bytes is one store. Returns, stops short and fails as fallible_copy.
 /// Preconditions: as fallible_copy, for the one range.
 inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t len) noexcept {
   if constexpr (detail::kFaultRecovery) {
@@ -281,12 +286,33 @@ inline std::expected<T, FaultInfo> fallible_compare_exchange(void* dst, T expect
   }
 }
 
-/// fallible_store followed by a sequentially consistent fence: a seq_cst store.
+/// Stores `value` at `dst` with one sequentially consistent instruction (an implicitly locked
+/// exchange), never torn when `dst` is aligned.
+/// Errors, preconditions: as fallible_store.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
-  auto stored = fallible_store(dst, value);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  return stored;
+  if constexpr (detail::kFaultRecovery) {
+    detail::require_fault_handler();
+    detail::RawFault raw;
+    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
+    detail::RawLoad swapped;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      swapped = detail::guestmem_fault_xchg_u8(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      swapped = detail::guestmem_fault_xchg_u16(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      swapped = detail::guestmem_fault_xchg_u32(dst, bits, &raw);
+    } else {
+      swapped = detail::guestmem_fault_xchg_u64(dst, bits, &raw);
+    }
+    if (swapped.left == 0) [[likely]] {
+      return {};
+    }
+    return std::unexpected(detail::to_fault_info(raw));
+  } else {
+    detail::fault_recovery_unsupported();
+  }
 }
 
 }  // namespace guestmem

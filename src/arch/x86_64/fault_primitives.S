@@ -14,12 +14,12 @@
 // accessible again since the first fault is simply copied.
 //
 // Registers
-//   reg  | copy                      | fill                      | load_uN     | store_uN    | cmpxchg_uN
-//   rdi  | in: dst; advanced by rep  | in: dst; advanced by rep  | in: src     | in: dst     | in: dst
-//   rsi  | in: src; advanced by rep  | in: byte value (sil)      | in: fault*  | in: value   | in: expected
-//   rdx  | in: len                   | in: len                   | out: left   | in: fault*  | in: desired; out: left
-//   rcx  | in: fault*; rep counter   | in: fault*; rep counter   |             |             | in: fault*
-//   rax  | scratch; out: left        | byte pattern; out: left   | out: value  | out: left   | expected; out: old value
+//   reg  | copy                      | fill                      | load_uN     | store_uN    | cmpxchg_uN                | xchg_uN
+//   rdi  | in: dst; advanced by rep  | in: dst; advanced by rep  | in: src     | in: dst     | in: dst                   | in: dst
+//   rsi  | in: src; advanced by rep  | in: byte value (sil)      | in: fault*  | in: value   | in: expected              | in: value
+//   rdx  | in: len                   | in: len                   | out: left   | in: fault*  | in: desired; out: left    | in: fault*; out: left
+//   rcx  | in: fault*; rep counter   | in: fault*; rep counter   |             |             | in: fault*                |
+//   rax  | scratch; out: left        | byte pattern; out: left   | out: value  | out: left   | expected; out: old value  | value; out: old value
 //   r8   | fault* (kept)             | fault* (kept)             |             |             |
 //   r9   | restart offset: every byte before it is done      |             |             |
 //   r10  | at a recovery label: the faulting address (si_addr), written by the fixup function
@@ -422,6 +422,35 @@ guestmem_fault_cmpxchg_u\bits:
         define_cmpxchg 16, 2, "lock cmpxchg word ptr [rdi], dx"
         define_cmpxchg 32, 4, "lock cmpxchg dword ptr [rdi], edx"
         define_cmpxchg 64, 8, "lock cmpxchg qword ptr [rdi], rdx"
+
+// RawLoad guestmem_fault_xchg_uN(void* dst, uint64_t value, RawFault* fault)
+// One `xchg` of N bits with memory (implicitly locked: a sequentially consistent store): rax =
+// the value replaced; rdx = bytes not done (0, or N / 8 after a fault, when nothing was stored).
+        .macro define_xchg bits:req, bytes:req, insn:req
+        .balign 16
+        .globl  guestmem_fault_xchg_u\bits
+        .type   guestmem_fault_xchg_u\bits, @function
+guestmem_fault_xchg_u\bits:
+        .cfi_startproc
+        mov     rax, rsi
+.Lxchg\bits\()_i:
+        \insn
+        may_fault .Lxchg\bits\()_i, .Lxchg\bits\()_fault
+        xor     edx, edx
+        ret
+.Lxchg\bits\()_fault:
+        record_fault rdx
+        xor     eax, eax
+        mov     edx, \bytes
+        ret
+        .cfi_endproc
+        .size   guestmem_fault_xchg_u\bits, . - guestmem_fault_xchg_u\bits
+        .endm
+
+        define_xchg 8, 1, "xchg byte ptr [rdi], al"
+        define_xchg 16, 2, "xchg word ptr [rdi], ax"
+        define_xchg 32, 4, "xchg dword ptr [rdi], eax"
+        define_xchg 64, 8, "xchg qword ptr [rdi], rax"
 
         .globl  guestmem_fault_text_end
         .hidden guestmem_fault_text_end
