@@ -39,6 +39,17 @@ using testing::RecordingBitmap;
 
 const std::size_t kPage = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 
+// Every death test here re-executes the binary for its child ("threadsafe"): the children
+// that crash must start without guestmem's handler or any test thread, and the sanitizer
+// runtimes' own threads make forking without exec unreliable. Set by a global environment,
+// after gtest has parsed its flags and before the first test saves them.
+class ThreadsafeDeathTests : public ::testing::Environment {
+ public:
+  void SetUp() override { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
+};
+[[maybe_unused]] ::testing::Environment* const kThreadsafeDeathTests =
+    ::testing::AddGlobalTestEnvironment(new ThreadsafeDeathTests);
+
 // Lengths that reach every path of the copy routine: single accesses (1, 2, 4, 8), the
 // overlapping small cases, the 16-31 case, the AVX2 blocks and `rep movsb`.
 constexpr std::size_t kLengths[] = {1,   2,   3,   4,    5,    7,    8,     9,     15,    16,
@@ -332,12 +343,7 @@ void exit_43_if_sent(int signal, siginfo_t* info, void* /*context*/) {
 
 void exit_44(int signal) { ::_exit(signal == SIGBUS ? 44 : 6); }
 
-class FaultHandlerDeathTest : public ::testing::Test {
- protected:
-  void SetUp() override { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
-};
-
-TEST_F(FaultHandlerDeathTest, CrashOutsideThePrimitivesDiesOfSigsegv) {
+TEST(FaultHandlerDeathTest, CrashOutsideThePrimitivesDiesOfSigsegv) {
   EXPECT_EXIT(
       {
         set_action(SIGSEGV, SIG_DFL);
@@ -346,7 +352,7 @@ TEST_F(FaultHandlerDeathTest, CrashOutsideThePrimitivesDiesOfSigsegv) {
       ::testing::KilledBySignal(SIGSEGV), "");
 }
 
-TEST_F(FaultHandlerDeathTest, CrashOutsideThePrimitivesDiesOfSigbus) {
+TEST(FaultHandlerDeathTest, CrashOutsideThePrimitivesDiesOfSigbus) {
   EXPECT_EXIT(
       {
         set_action(SIGBUS, SIG_DFL);
@@ -360,7 +366,7 @@ TEST_F(FaultHandlerDeathTest, CrashOutsideThePrimitivesDiesOfSigbus) {
       ::testing::KilledBySignal(SIGBUS), "");
 }
 
-TEST_F(FaultHandlerDeathTest, FaultOutsideThePrimitivesReachesTheEarlierHandler) {
+TEST(FaultHandlerDeathTest, FaultOutsideThePrimitivesReachesTheEarlierHandler) {
   EXPECT_EXIT(
       {
         struct sigaction action = {};
@@ -376,7 +382,7 @@ TEST_F(FaultHandlerDeathTest, FaultOutsideThePrimitivesReachesTheEarlierHandler)
       ::testing::ExitedWithCode(42), "");
 }
 
-TEST_F(FaultHandlerDeathTest, FaultOutsideThePrimitivesReachesAnEarlierPlainHandler) {
+TEST(FaultHandlerDeathTest, FaultOutsideThePrimitivesReachesAnEarlierPlainHandler) {
   EXPECT_EXIT(
       {
         set_action(SIGBUS, exit_44);
@@ -390,7 +396,7 @@ TEST_F(FaultHandlerDeathTest, FaultOutsideThePrimitivesReachesAnEarlierPlainHand
       ::testing::ExitedWithCode(44), "");
 }
 
-TEST_F(FaultHandlerDeathTest, SentSignalIsNeverTakenForAFault) {
+TEST(FaultHandlerDeathTest, SentSignalIsNeverTakenForAFault) {
   EXPECT_EXIT(
       {
         struct sigaction action = {};
@@ -403,7 +409,7 @@ TEST_F(FaultHandlerDeathTest, SentSignalIsNeverTakenForAFault) {
       ::testing::ExitedWithCode(43), "");
 }
 
-TEST_F(FaultHandlerDeathTest, IgnoredSignalStaysIgnoredWhenSentButNotWhenAFault) {
+TEST(FaultHandlerDeathTest, IgnoredSignalStaysIgnoredWhenSentButNotWhenAFault) {
   EXPECT_EXIT(
       {
         set_action(SIGSEGV, SIG_IGN);
