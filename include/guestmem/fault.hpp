@@ -87,9 +87,16 @@ struct RawLoad {
 /// True once the handler is installed; set with release order after it is.
 extern std::atomic<bool> fault_handler_ready;
 
+/// Whether this architecture has the recovery primitives (x86-64 only, for now).
 #if defined(__x86_64__)
 inline constexpr bool kFaultRecovery = true;
+#else
+inline constexpr bool kFaultRecovery = false;
+#endif
 
+// The primitives (src/arch/x86_64/fault_primitives.S). Declared everywhere so that code naming
+// them compiles on every architecture; only x86-64 defines them, and elsewhere every call is
+// in a discarded `if constexpr (kFaultRecovery)` branch.
 extern "C" {
 std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
                                 RawFault* fault) noexcept;
@@ -115,9 +122,6 @@ RawLoad guestmem_fault_xchg_u16(void* dst, std::uint64_t value, RawFault* fault)
 RawLoad guestmem_fault_xchg_u32(void* dst, std::uint64_t value, RawFault* fault) noexcept;
 RawLoad guestmem_fault_xchg_u64(void* dst, std::uint64_t value, RawFault* fault) noexcept;
 }
-#else
-inline constexpr bool kFaultRecovery = false;
-#endif
 
 /// Installs the handler if needed; for the APIs that return errors.
 /// Errors: as install_fault_handler().
@@ -146,79 +150,174 @@ GUESTMEM_ALWAYS_INLINE void require_fault_handler() noexcept {
   return FaultInfo{raw.address, raw.signal};
 }
 
+// The primitives without the installation check, for callers that made it once for several
+// accesses (ensure_fault_handler). Preconditions: the handler is installed; otherwise as the
+// public functions below. Where fault recovery is unsupported they abort.
+
+inline FallibleOutcome copy_recovering(void* dst, const void* src, std::size_t len) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    // SAFETY: the routine recovers from a fault on any byte of either range (the caller's
+    // precondition), and touches no byte outside them.
+    const std::size_t left = guestmem_fault_copy(dst, src, len, &raw);
+    if (left == 0) [[likely]] {
+      return FallibleOutcome{len, std::nullopt};
+    }
+    return FallibleOutcome{len - left, to_fault_info(raw)};
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+inline FallibleOutcome fill_recovering(void* dst, std::uint8_t byte, std::size_t len) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    // SAFETY: as in copy_recovering, for the one range.
+    const std::size_t left = guestmem_fault_fill(dst, byte, len, &raw);
+    if (left == 0) [[likely]] {
+      return FallibleOutcome{len, std::nullopt};
+    }
+    return FallibleOutcome{len - left, to_fault_info(raw)};
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<T, FaultInfo> load_recovering(const void* src) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    RawLoad loaded;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      loaded = guestmem_fault_load_u8(src, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      loaded = guestmem_fault_load_u16(src, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      loaded = guestmem_fault_load_u32(src, &raw);
+    } else {
+      loaded = guestmem_fault_load_u64(src, &raw);
+    }
+    if (loaded.left == 0) [[likely]] {
+      return static_cast<T>(loaded.value);
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<void, FaultInfo> store_recovering(void* dst, T value) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
+    std::size_t left;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      left = guestmem_fault_store_u8(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      left = guestmem_fault_store_u16(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      left = guestmem_fault_store_u32(dst, bits, &raw);
+    } else {
+      left = guestmem_fault_store_u64(dst, bits, &raw);
+    }
+    if (left == 0) [[likely]] {
+      return {};
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<void, FaultInfo> store_seq_cst_recovering(void* dst, T value) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
+    RawLoad swapped;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      swapped = guestmem_fault_xchg_u8(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      swapped = guestmem_fault_xchg_u16(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      swapped = guestmem_fault_xchg_u32(dst, bits, &raw);
+    } else {
+      swapped = guestmem_fault_xchg_u64(dst, bits, &raw);
+    }
+    if (swapped.left == 0) [[likely]] {
+      return {};
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<T, FaultInfo> compare_exchange_recovering(void* dst, T expected,
+                                                        T desired) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    using U = std::make_unsigned_t<T>;
+    const auto old_bits = static_cast<std::uint64_t>(static_cast<U>(expected));
+    const auto new_bits = static_cast<std::uint64_t>(static_cast<U>(desired));
+    RawLoad found;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      found = guestmem_fault_cmpxchg_u8(dst, old_bits, new_bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      found = guestmem_fault_cmpxchg_u16(dst, old_bits, new_bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      found = guestmem_fault_cmpxchg_u32(dst, old_bits, new_bits, &raw);
+    } else {
+      found = guestmem_fault_cmpxchg_u64(dst, old_bits, new_bits, &raw);
+    }
+    if (found.left == 0) [[likely]] {
+      return static_cast<T>(static_cast<U>(found.value));
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
 }  // namespace detail
 
 /// Copies `len` bytes from `src` to `dst`, forward, stopping at the first byte that faults.
 /// A copy of 1, 2, 4 or 8 bytes is one load and one store (never torn when aligned).
 /// Returns the bytes copied (a prefix) and, when fewer than `len`, the fault.
 /// May stop short: only at a fault (on either side). Errors: none besides the fault.
-/// Validity: nothing is retained. Preconditions: every byte of both ranges either may be accessed or faults (no memory with
-/// side effects on access, such as device MMIO); the ranges do not overlap, or the bytes
-/// written in the overlap are unspecified (nothing outside the ranges is touched).
-/// Aborts when fault recovery is unsupported (install_fault_handler() says so).
+/// Validity: nothing is retained. Preconditions: every byte of both ranges either may be
+/// accessed or faults (no memory with side effects on access, such as device MMIO); the ranges
+/// do not overlap, or the bytes written in the overlap are unspecified (nothing outside the
+/// ranges is touched). Installs the handler on first use; aborts where fault recovery is
+/// unsupported (install_fault_handler() reports that as an error instead).
 /// Concurrency: other threads and the guest may access both ranges; only single accesses
 /// are untorn.
 inline FallibleOutcome fallible_copy(void* dst, const void* src, std::size_t len) noexcept {
-  if constexpr (detail::kFaultRecovery) {
-    detail::require_fault_handler();
-    detail::RawFault raw;
-    // SAFETY: the routine recovers from a fault on any byte of either range (the caller's
-    // precondition), and touches no byte outside them.
-    const std::size_t left = detail::guestmem_fault_copy(dst, src, len, &raw);
-    if (left == 0) [[likely]] {
-      return FallibleOutcome{len, std::nullopt};
-    }
-    return FallibleOutcome{len - left, detail::to_fault_info(raw)};
-  } else {
-    detail::fault_recovery_unsupported();
-  }
+  detail::require_fault_handler();
+  return detail::copy_recovering(dst, src, len);
 }
 
 /// Sets `len` bytes at `dst` to `byte`, stopping at the first byte that faults. A fill of 1,
 /// 2, 4 or 8 bytes is one store. Returns, stops short and fails as fallible_copy.
 /// Preconditions: as fallible_copy, for the one range.
 inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t len) noexcept {
-  if constexpr (detail::kFaultRecovery) {
-    detail::require_fault_handler();
-    detail::RawFault raw;
-    // SAFETY: as in fallible_copy.
-    const std::size_t left = detail::guestmem_fault_fill(dst, byte, len, &raw);
-    if (left == 0) [[likely]] {
-      return FallibleOutcome{len, std::nullopt};
-    }
-    return FallibleOutcome{len - left, detail::to_fault_info(raw)};
-  } else {
-    detail::fault_recovery_unsupported();
-  }
+  detail::require_fault_handler();
+  return detail::fill_recovering(dst, byte, len);
 }
 
 /// Loads the `T` at `src` with one instruction (never torn when `src` is aligned to sizeof(T)).
 /// Ordering: as a std::memory_order_seq_cst load (on x86-64 every load is one).
-/// Errors: the fault, when the load faulted.
-/// Preconditions: as fallible_copy.
+/// Errors: the fault, when the load faulted. Preconditions: as fallible_copy.
 template <AtomicAccess T>
 inline std::expected<T, FaultInfo> fallible_load(const void* src) noexcept {
-  if constexpr (detail::kFaultRecovery) {
-    detail::require_fault_handler();
-    detail::RawFault raw;
-    detail::RawLoad loaded;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      loaded = detail::guestmem_fault_load_u8(src, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      loaded = detail::guestmem_fault_load_u16(src, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      loaded = detail::guestmem_fault_load_u32(src, &raw);
-    } else {
-      loaded = detail::guestmem_fault_load_u64(src, &raw);
-    }
-    if (loaded.left == 0) [[likely]] {
-      return static_cast<T>(loaded.value);
-    }
-    return std::unexpected(detail::to_fault_info(raw));
-  } else {
-    detail::fault_recovery_unsupported();
-  }
+  detail::require_fault_handler();
+  return detail::load_recovering<T>(src);
 }
 
 /// Stores `value` at `dst` with one instruction (never torn when `dst` is aligned).
@@ -227,28 +326,17 @@ inline std::expected<T, FaultInfo> fallible_load(const void* src) noexcept {
 /// Preconditions: as fallible_copy.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcept {
-  if constexpr (detail::kFaultRecovery) {
-    detail::require_fault_handler();
-    detail::RawFault raw;
-    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
-    std::size_t left;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      left = detail::guestmem_fault_store_u8(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      left = detail::guestmem_fault_store_u16(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      left = detail::guestmem_fault_store_u32(dst, bits, &raw);
-    } else {
-      left = detail::guestmem_fault_store_u64(dst, bits, &raw);
-    }
-    if (left == 0) [[likely]] {
-      return {};
-    }
-    return std::unexpected(detail::to_fault_info(raw));
-  } else {
-    detail::fault_recovery_unsupported();
-  }
+  detail::require_fault_handler();
+  return detail::store_recovering(dst, value);
+}
+
+/// Stores `value` at `dst` with one sequentially consistent instruction (an implicitly locked
+/// exchange), never torn when `dst` is aligned.
+/// Errors, preconditions: as fallible_store.
+template <AtomicAccess T>
+inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
+  detail::require_fault_handler();
+  return detail::store_seq_cst_recovering(dst, value);
 }
 
 /// Atomically replaces the `T` at `dst` with `desired` if it equals `expected`, with one
@@ -260,59 +348,8 @@ inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcep
 template <AtomicAccess T>
 inline std::expected<T, FaultInfo> fallible_compare_exchange(void* dst, T expected,
                                                              T desired) noexcept {
-  if constexpr (detail::kFaultRecovery) {
-    detail::require_fault_handler();
-    detail::RawFault raw;
-    using U = std::make_unsigned_t<T>;
-    const auto old_bits = static_cast<std::uint64_t>(static_cast<U>(expected));
-    const auto new_bits = static_cast<std::uint64_t>(static_cast<U>(desired));
-    detail::RawLoad found;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      found = detail::guestmem_fault_cmpxchg_u8(dst, old_bits, new_bits, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      found = detail::guestmem_fault_cmpxchg_u16(dst, old_bits, new_bits, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      found = detail::guestmem_fault_cmpxchg_u32(dst, old_bits, new_bits, &raw);
-    } else {
-      found = detail::guestmem_fault_cmpxchg_u64(dst, old_bits, new_bits, &raw);
-    }
-    if (found.left == 0) [[likely]] {
-      return static_cast<T>(static_cast<U>(found.value));
-    }
-    return std::unexpected(detail::to_fault_info(raw));
-  } else {
-    detail::fault_recovery_unsupported();
-  }
-}
-
-/// Stores `value` at `dst` with one sequentially consistent instruction (an implicitly locked
-/// exchange), never torn when `dst` is aligned.
-/// Errors, preconditions: as fallible_store.
-template <AtomicAccess T>
-inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
-  if constexpr (detail::kFaultRecovery) {
-    detail::require_fault_handler();
-    detail::RawFault raw;
-    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
-    detail::RawLoad swapped;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      swapped = detail::guestmem_fault_xchg_u8(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      swapped = detail::guestmem_fault_xchg_u16(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      swapped = detail::guestmem_fault_xchg_u32(dst, bits, &raw);
-    } else {
-      swapped = detail::guestmem_fault_xchg_u64(dst, bits, &raw);
-    }
-    if (swapped.left == 0) [[likely]] {
-      return {};
-    }
-    return std::unexpected(detail::to_fault_info(raw));
-  } else {
-    detail::fault_recovery_unsupported();
-  }
+  detail::require_fault_handler();
+  return detail::compare_exchange_recovering(dst, expected, desired);
 }
 
 }  // namespace guestmem

@@ -111,7 +111,7 @@ class FallibleMixin {
       return std::unexpected(piece.error());
     }
     // SAFETY: the piece holds sizeof(T) bytes aligned to sizeof(T); a fault is recovered.
-    auto loaded = fallible_load<T>(piece->unsafe_host_ptr());
+    auto loaded = load_recovering<T>(piece->unsafe_host_ptr());
     if (!loaded) [[unlikely]] {
       return std::unexpected(fault_error(loaded.error(), sizeof(T), 0));
     }
@@ -131,8 +131,8 @@ class FallibleMixin {
     }
     // SAFETY: as in try_load.
     auto stored = order == std::memory_order_seq_cst
-                      ? fallible_store_seq_cst(piece->unsafe_host_ptr(), value)
-                      : fallible_store(piece->unsafe_host_ptr(), value);
+                      ? store_seq_cst_recovering(piece->unsafe_host_ptr(), value)
+                      : store_recovering(piece->unsafe_host_ptr(), value);
     if (!stored) [[unlikely]] {
       return std::unexpected(fault_error(stored.error(), sizeof(T), 0));
     }
@@ -151,7 +151,7 @@ class FallibleMixin {
       return std::unexpected(piece.error());
     }
     // SAFETY: as in try_load.
-    auto found = fallible_compare_exchange(piece->unsafe_host_ptr(), expected, desired);
+    auto found = compare_exchange_recovering(piece->unsafe_host_ptr(), expected, desired);
     if (!found) [[unlikely]] {
       return std::unexpected(fault_error(found.error(), sizeof(T), 0));
     }
@@ -231,7 +231,7 @@ class FallibleMixin {
                 [buf](const auto& piece, std::size_t done) {
                   // SAFETY: `piece` is a live view of piece.size() <= buf.size() - done bytes;
                   // a fault on either side is recovered.
-                  return fallible_copy(buf.data() + done, piece.unsafe_host_ptr(), piece.size());
+                  return copy_recovering(buf.data() + done, piece.unsafe_host_ptr(), piece.size());
                 });
   }
 
@@ -241,7 +241,7 @@ class FallibleMixin {
                 [buf](const auto& piece, std::size_t done) {
                   // SAFETY: as in copy_out, with the direction reversed.
                   FallibleOutcome copied =
-                      fallible_copy(piece.unsafe_host_ptr(), buf.data() + done, piece.size());
+                      copy_recovering(piece.unsafe_host_ptr(), buf.data() + done, piece.size());
                   if (copied.done > 0) {
                     piece.bitmap().mark_dirty(0, copied.done);
                   }
