@@ -3,8 +3,9 @@
 // The x86-64 primitives (src/arch/x86_64/) recover from faults through recovery labels in
 // assembly; a port needs the same routines in AArch64 assembly and a fixup function that
 // edits uc_mcontext.pc and two scratch registers. Until then install_fault_handler() fails
-// with FaultRecoveryUnsupported, every fallible API returns that error before touching
-// memory, and the primitives themselves (guestmem/fault.hpp) abort with a message.
+// with FaultRecoveryUnsupported, every fallible container call (try_*, reader, writer) returns
+// that error before touching memory, and the primitives themselves (guestmem/fault.hpp, and
+// the transfers of a VmReader/VmWriter<Fallible> made from raw parts) abort with a message.
 #include <atomic>
 
 #include "guestmem/fault.hpp"
