@@ -1,5 +1,6 @@
 #include "guestmem/error.hpp"
 
+#include <csignal>
 #include <cstring>
 #include <ostream>
 
@@ -15,6 +16,17 @@ std::string os_error_text(int errnum) {
   std::string out = text != nullptr ? text : "unknown error";
   out += " (errno " + std::to_string(errnum) + ")";
   return out;
+}
+
+std::string signal_name(int signal) {
+  switch (signal) {
+    case SIGSEGV:
+      return "SIGSEGV";
+    case SIGBUS:
+      return "SIGBUS";
+    default:
+      return "signal " + std::to_string(signal);
+  }
 }
 
 }  // namespace
@@ -67,6 +79,10 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "Fragmented";
     case ErrorCode::PermissionDenied:
       return "PermissionDenied";
+    case ErrorCode::Fault:
+      return "Fault";
+    case ErrorCode::FaultRecoveryUnsupported:
+      return "FaultRecoveryUnsupported";
   }
   return "UnknownErrorCode";
 }
@@ -130,6 +146,14 @@ std::string Error::message() const {
     case ErrorCode::PermissionDenied:
       return "I/O virtual address range " + hex(address_) + "+" + hex(length_) +
              " does not permit the access";
+    case ErrorCode::Fault:
+      return signal_name(signal_) + " at host address " + hex(address_) + " after " +
+             to_string(completed_) + " of " + to_string(expected_) + " bytes";
+    case ErrorCode::FaultRecoveryUnsupported:
+      if (os_error_ != 0) {
+        return "cannot install the fault handler: " + os_error_text(os_error_);
+      }
+      return "fault-tolerant access is not supported on this architecture";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }

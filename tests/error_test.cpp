@@ -68,7 +68,7 @@ TEST(Error, MessagesCarryAddressesAndCounts) {
 }
 
 TEST(Error, EveryCodeHasANameAndAMessage) {
-  for (int raw = 0; raw <= static_cast<int>(ErrorCode::PermissionDenied); ++raw) {
+  for (int raw = 0; raw <= static_cast<int>(ErrorCode::FaultRecoveryUnsupported); ++raw) {
     const auto code = static_cast<ErrorCode>(raw);
     EXPECT_NE(to_string(code), "UnknownErrorCode") << raw;
     EXPECT_EQ(Error(code).message().find("unknown error code"), std::string::npos) << raw;

@@ -2,8 +2,8 @@
 //
 // Every fallible call returns `Result<T> = std::expected<T, Error>`; no exception crosses the
 // public API. `Error` is a small value: a specific `ErrorCode` plus the data a caller needs to
-// react (the address involved, how many bytes were expected and completed, errno). The table
-// below says which fields each code fills; unused fields are zero.
+// react (the address involved, how many bytes were expected and completed, errno, the signal
+// of a fault). The table below says which fields each code fills; unused fields are zero.
 //
 //   code                     address                 length         expected/completed  errno
 //   InvalidGuestAddress      guest address           -              -                   -
@@ -29,6 +29,8 @@
 //   CannotResolve            IOVA of the failed part length of it   -                   -
 //   Fragmented               IOVA asked for          length asked   -/contiguous bytes  -
 //   PermissionDenied         IOVA of refused part    length of it   -                   -
+//   Fault                    host address (si_addr)  -              asked/done before   -   (+ signal)
+//   FaultRecoveryUnsupported -                       -              -                   yes/0
 //
 //   auto r = mem.read_obj<std::uint32_t>(addr);
 //   if (!r && r.error().code() == ErrorCode::PartialBuffer) {
@@ -104,6 +106,12 @@ enum class ErrorCode : std::uint8_t {
   /// An IOMMU mapping exists but its permissions refuse the access, even after the miss
   /// handler was asked.
   PermissionDenied,
+  /// A fault-tolerant access hit memory that faulted (SIGSEGV or SIGBUS): see signal(),
+  /// address() (the faulting host address) and completed() (bytes done before it).
+  Fault,
+  /// Fault-tolerant access is not available: the architecture has no recovery primitives, or
+  /// installing the signal handler failed (os_error()).
+  FaultRecoveryUnsupported,
 };
 
 /// The enumerator's name, for example "PartialBuffer".
@@ -175,6 +183,21 @@ class [[nodiscard]] Error {
     e.length_ = size;
     return e;
   }
+  /// A fault at host address `address` with signal `signal` stopped an access of `expected`
+  /// bytes after `completed` bytes.
+  static constexpr Error fault(std::uint64_t address, int signal, std::uint64_t expected,
+                               std::uint64_t completed) noexcept {
+    Error e = Error(ErrorCode::Fault).with_address(address);
+    e.signal_ = static_cast<std::uint8_t>(signal);
+    e.expected_ = expected;
+    e.completed_ = completed;
+    return e;
+  }
+  static constexpr Error fault_recovery_unsupported(int errnum = 0) noexcept {
+    Error e(ErrorCode::FaultRecoveryUnsupported);
+    e.os_error_ = errnum;
+    return e;
+  }
   static constexpr Error mapping_past_eof(std::uint64_t file_offset, std::uint64_t size,
                                           std::uint64_t file_size) noexcept {
     Error e = at(ErrorCode::MappingPastEof, file_offset, size);
@@ -204,6 +227,8 @@ class [[nodiscard]] Error {
   [[nodiscard]] constexpr std::uint64_t completed() const noexcept { return completed_; }
   /// The errno of a failed system call, or 0.
   [[nodiscard]] constexpr int os_error() const noexcept { return os_error_; }
+  /// The signal of a Fault (SIGSEGV or SIGBUS), or 0.
+  [[nodiscard]] constexpr int signal() const noexcept { return signal_; }
 
   /// A readable one-line description carrying the addresses and counts, for example
   /// "invalid guest address 0x3000" or "partial buffer: completed 4 of 8 bytes".
@@ -219,6 +244,8 @@ class [[nodiscard]] Error {
   }
 
   ErrorCode code_;
+  // Signal numbers are below 65; one byte keeps Error at 40 bytes (it fills padding).
+  std::uint8_t signal_ = 0;
   std::int32_t os_error_ = 0;
   std::uint64_t address_ = 0;
   std::uint64_t length_ = 0;

@@ -32,6 +32,7 @@
 #include "guestmem/address.hpp"
 #include "guestmem/bitmap.hpp"
 #include "guestmem/detail/bytes_impl.hpp"
+#include "guestmem/detail/fallible_impl.hpp"
 #include "guestmem/detail/search_tree.hpp"
 #include "guestmem/error.hpp"
 #include "guestmem/guest_region.hpp"
@@ -78,7 +79,8 @@ struct RegionSpec {
 };
 
 template <Bitmap B = NoBitmap>
-class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddress> {
+class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddress>,
+                        public detail::FallibleMixin<GuestMemoryMmap<B>, GuestAddress> {
  public:
   using region_type = GuestRegionMmap<B>;
   using slice_type = typename region_type::slice_type;
@@ -305,6 +307,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
 
  private:
   friend class detail::BytesMixin<GuestMemoryMmap, GuestAddress>;
+  friend class detail::FallibleMixin<GuestMemoryMmap, GuestAddress>;
 
   static constexpr std::size_t kNone = ~std::size_t{0};
 

@@ -19,6 +19,7 @@
 #include "guestmem/address.hpp"
 #include "guestmem/bitmap.hpp"
 #include "guestmem/detail/bytes_impl.hpp"
+#include "guestmem/detail/fallible_impl.hpp"
 #include "guestmem/error.hpp"
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/volatile_slice.hpp"
@@ -26,7 +27,8 @@
 namespace guestmem {
 
 template <Bitmap B = NoBitmap>
-class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegionAddress> {
+class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegionAddress>,
+                        public detail::FallibleMixin<GuestRegionMmap<B>, MemoryRegionAddress> {
  public:
   using bitmap_type = B;
   using slice_type = typename MmapRegion<B>::slice_type;
@@ -118,6 +120,7 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
 
  private:
   friend class detail::BytesMixin<GuestRegionMmap, MemoryRegionAddress>;
+  friend class detail::FallibleMixin<GuestRegionMmap, MemoryRegionAddress>;
 
   GuestRegionMmap(MmapRegion<B> mapping, GuestAddress guest_base) noexcept
       : mapping_(std::move(mapping)), guest_base_(guest_base) {}

@@ -17,6 +17,8 @@
 //   iommu.hpp           Iotlb, Iommu, IommuMemory, IommuMode, IovaRange, MappedRange
 //   concepts.hpp        Bytes, GuestMemoryRegion, GuestMemoryBackend, GuestMemory
 //   atomic_memory.hpp   GuestAddressSpace, GuestMemoryAtomic, SharedAddressSpace, RefAddressSpace
+//   fault.hpp           install_fault_handler, FaultInfo, fallible_copy/fill/load/store/...
+//   vm_io.hpp           VmReader, VmWriter, Fallible, Infallible, VmIo, VmIoOnce, PodOnce
 #pragma once
 
 #include "guestmem/address.hpp"
@@ -27,6 +29,7 @@
 #include "guestmem/concepts.hpp"
 #include "guestmem/endian.hpp"
 #include "guestmem/error.hpp"
+#include "guestmem/fault.hpp"
 #include "guestmem/fd.hpp"
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/guest_region.hpp"
@@ -35,6 +38,7 @@
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
 #include "guestmem/volatile_io.hpp"
+#include "guestmem/vm_io.hpp"
 #include "guestmem/volatile_slice.hpp"
 
 namespace guestmem {
@@ -48,5 +52,9 @@ static_assert(GuestAddressSpace<GuestMemoryAtomic<GuestMemoryMmap<>>>);
 static_assert(GuestAddressSpace<SharedAddressSpace<GuestMemoryMmap<>>>);
 static_assert(GuestAddressSpace<RefAddressSpace<GuestMemoryMmap<>>>);
 static_assert(GuestMemory<IommuMemory<GuestMemoryMmap<>>>);
+static_assert(VmIo<VolatileSlice<>, std::size_t> && VmIoOnce<VolatileSlice<>, std::size_t>);
+static_assert(VmIo<GuestRegionMmap<>, MemoryRegionAddress> &&
+              VmIoOnce<GuestRegionMmap<>, MemoryRegionAddress>);
+static_assert(VmIo<GuestMemoryMmap<>, GuestAddress> && VmIoOnce<GuestMemoryMmap<>, GuestAddress>);
 
 }  // namespace guestmem

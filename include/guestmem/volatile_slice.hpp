@@ -35,6 +35,7 @@
 #include "guestmem/byte_valued.hpp"
 #include "guestmem/detail/bytes_impl.hpp"
 #include "guestmem/detail/copy.hpp"
+#include "guestmem/detail/fallible_impl.hpp"
 #include "guestmem/detail/fwd.hpp"
 #include "guestmem/error.hpp"
 
@@ -81,7 +82,8 @@ class OneItem {
 }  // namespace detail
 
 template <BitmapSlice S>
-class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t> {
+class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t>,
+                      public detail::FallibleMixin<VolatileSlice<S>, std::size_t> {
  public:
   using bitmap_slice_type = S;
 
@@ -245,6 +247,7 @@ class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t> {
 
  private:
   friend class detail::BytesMixin<VolatileSlice, std::size_t>;
+  friend class detail::FallibleMixin<VolatileSlice, std::size_t>;
 
   constexpr VolatileSlice(std::uint8_t* addr, std::size_t size, S bitmap) noexcept
       : addr_(addr), size_(size), bitmap_(std::move(bitmap)) {}

@@ -1,0 +1,355 @@
+// guestmem: fault-tolerant memory primitives.
+//
+// A VMM's guest memory can disappear under it: a vhost-user front end truncates the memfd it
+// shared (the next access raises SIGBUS), or a region is unmapped or protected while a device
+// uses it (SIGSEGV). The primitives here copy, fill, load, store and compare-exchange memory
+// like plain instructions, but a fault stops them instead of killing the process: they report
+// how much was done, the faulting address and the signal.
+//
+// How: the primitives are assembly routines (src/arch/x86_64/) whose every memory instruction
+// has a recovery label. A SIGSEGV/SIGBUS handler, installed once, recognises a kernel-
+// generated fault whose instruction pointer lies inside them and resumes at the recovery
+// label; every other fault goes to the handler installed before it (or the default action),
+// so a real crash still crashes with its own signal. The fast path is the plain instruction
+// sequence: no system call, no sigsetjmp, no per-call registration. See docs/DESIGN.md,
+// "Fault-tolerant access".
+//
+// Rules shared by every primitive:
+// - A copy or fill does a prefix of the bytes: `done` bytes from the start, exactly those
+//   before the first byte that faulted. A copy or fill of 1, 2, 4 or 8 bytes is one access.
+// - The handler is installed on first use; install_fault_handler() does it explicitly (and
+//   reports failure). Only x86-64 can recover from faults; elsewhere install_fault_handler()
+//   fails with FaultRecoveryUnsupported and the primitives abort.
+//
+//   auto done = guestmem::fallible_copy(host_buf, guest_ptr, 4096);
+//   if (done.fault) {
+//     log(done.done, done.fault->address, done.fault->signal);   // 2048, ..., SIGBUS
+//   }
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <optional>
+#include <type_traits>
+
+#include "guestmem/byte_valued.hpp"
+#include "guestmem/detail/config.hpp"
+#include "guestmem/error.hpp"
+
+namespace guestmem {
+
+/// Where and why a fault-tolerant access stopped.
+struct FaultInfo {
+  /// The first byte that could not be accessed (the kernel's si_addr; 0 when the kernel did
+  /// not say, as for a non-canonical address).
+  std::uintptr_t address = 0;
+  /// SIGSEGV (unmapped or protected memory) or SIGBUS (a page past the end of a truncated
+  /// file, or a hardware memory error).
+  int signal = 0;
+
+  friend constexpr bool operator==(const FaultInfo&, const FaultInfo&) noexcept = default;
+};
+
+/// What a fault-tolerant copy or fill did.
+struct FallibleOutcome {
+  /// Bytes done, from the start of the range.
+  std::size_t done = 0;
+  /// The fault that stopped it; empty when all bytes were done.
+  std::optional<FaultInfo> fault;
+};
+
+/// Installs the SIGSEGV/SIGBUS handler that lets the primitives recover, once per process
+/// (later calls return the first call's result). The fallible APIs call it on first use; call
+/// it explicitly to install at a chosen time and to see failures early.
+/// Errors: FaultRecoveryUnsupported on architectures without the primitives (os_error() 0) or
+/// when sigaction fails (os_error() = errno).
+/// Concurrency: thread-safe. A SIGSEGV or SIGBUS handler installed later by someone else
+/// replaces guestmem's; it must chain to the handler it replaced (sigaction's old action), as
+/// guestmem's does, or faults in the primitives will reach it instead.
+Result<void> install_fault_handler();
+
+namespace detail {
+
+/// The fault record the primitives fill in after a fault (layout fixed by the assembly).
+struct RawFault {
+  std::uintptr_t address;
+  std::int32_t signal;
+};
+
+/// A load's value and the bytes it did not do (returned in rax:rdx).
+struct RawLoad {
+  std::uint64_t value;
+  std::uint64_t left;
+};
+
+/// True once the handler is installed; set with release order after it is.
+extern std::atomic<bool> fault_handler_ready;
+
+/// Whether this architecture has the recovery primitives (x86-64 only, for now).
+#if defined(__x86_64__)
+inline constexpr bool kFaultRecovery = true;
+#else
+inline constexpr bool kFaultRecovery = false;
+#endif
+
+// The primitives (src/arch/x86_64/fault_primitives.S). Declared everywhere so that code naming
+// them compiles on every architecture; only x86-64 defines them, and elsewhere every call is
+// in a discarded `if constexpr (kFaultRecovery)` branch.
+extern "C" {
+std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
+                                RawFault* fault) noexcept;
+std::size_t guestmem_fault_fill(void* dst, int byte, std::size_t len, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u8(const void* src, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u16(const void* src, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u32(const void* src, RawFault* fault) noexcept;
+RawLoad guestmem_fault_load_u64(const void* src, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u8(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u16(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u32(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+std::size_t guestmem_fault_store_u64(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u8(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                  RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u16(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                   RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u32(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                   RawFault* fault) noexcept;
+RawLoad guestmem_fault_cmpxchg_u64(void* dst, std::uint64_t expected, std::uint64_t desired,
+                                   RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u8(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u16(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u32(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+RawLoad guestmem_fault_xchg_u64(void* dst, std::uint64_t value, RawFault* fault) noexcept;
+}
+
+/// Installs the handler if needed; for the APIs that return errors.
+/// Errors: as install_fault_handler().
+GUESTMEM_ALWAYS_INLINE Result<void> ensure_fault_handler() {
+  if constexpr (kFaultRecovery) {
+    if (fault_handler_ready.load(std::memory_order_acquire)) [[likely]] {
+      return {};
+    }
+  }
+  return install_fault_handler();
+}
+
+/// Installs the handler if needed; for the primitives, which have no error to return: aborts
+/// when it cannot be installed.
+[[gnu::noinline]] void require_fault_handler_slow() noexcept;
+GUESTMEM_ALWAYS_INLINE void require_fault_handler() noexcept {
+  if (!fault_handler_ready.load(std::memory_order_acquire)) [[unlikely]] {
+    require_fault_handler_slow();
+  }
+}
+
+/// Aborts with a message saying fault recovery is not supported on this architecture.
+[[noreturn]] void fault_recovery_unsupported() noexcept;
+
+[[nodiscard]] inline FaultInfo to_fault_info(const RawFault& raw) noexcept {
+  return FaultInfo{raw.address, raw.signal};
+}
+
+// The primitives without the installation check, for callers that made it once for several
+// accesses (ensure_fault_handler). Preconditions: the handler is installed; otherwise as the
+// public functions below. Where fault recovery is unsupported they abort.
+
+inline FallibleOutcome copy_recovering(void* dst, const void* src, std::size_t len) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    // SAFETY: the routine recovers from a fault on any byte of either range (the caller's
+    // precondition), and touches no byte outside them.
+    const std::size_t left = guestmem_fault_copy(dst, src, len, &raw);
+    if (left == 0) [[likely]] {
+      return FallibleOutcome{len, std::nullopt};
+    }
+    return FallibleOutcome{len - left, to_fault_info(raw)};
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+inline FallibleOutcome fill_recovering(void* dst, std::uint8_t byte, std::size_t len) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    // SAFETY: as in copy_recovering, for the one range.
+    const std::size_t left = guestmem_fault_fill(dst, byte, len, &raw);
+    if (left == 0) [[likely]] {
+      return FallibleOutcome{len, std::nullopt};
+    }
+    return FallibleOutcome{len - left, to_fault_info(raw)};
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<T, FaultInfo> load_recovering(const void* src) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    RawLoad loaded;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      loaded = guestmem_fault_load_u8(src, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      loaded = guestmem_fault_load_u16(src, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      loaded = guestmem_fault_load_u32(src, &raw);
+    } else {
+      loaded = guestmem_fault_load_u64(src, &raw);
+    }
+    if (loaded.left == 0) [[likely]] {
+      return static_cast<T>(loaded.value);
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<void, FaultInfo> store_recovering(void* dst, T value) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
+    std::size_t left;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      left = guestmem_fault_store_u8(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      left = guestmem_fault_store_u16(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      left = guestmem_fault_store_u32(dst, bits, &raw);
+    } else {
+      left = guestmem_fault_store_u64(dst, bits, &raw);
+    }
+    if (left == 0) [[likely]] {
+      return {};
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<void, FaultInfo> store_seq_cst_recovering(void* dst, T value) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
+    RawLoad swapped;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      swapped = guestmem_fault_xchg_u8(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      swapped = guestmem_fault_xchg_u16(dst, bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      swapped = guestmem_fault_xchg_u32(dst, bits, &raw);
+    } else {
+      swapped = guestmem_fault_xchg_u64(dst, bits, &raw);
+    }
+    if (swapped.left == 0) [[likely]] {
+      return {};
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+template <AtomicAccess T>
+std::expected<T, FaultInfo> compare_exchange_recovering(void* dst, T expected,
+                                                        T desired) noexcept {
+  if constexpr (kFaultRecovery) {
+    RawFault raw;
+    using U = std::make_unsigned_t<T>;
+    const auto old_bits = static_cast<std::uint64_t>(static_cast<U>(expected));
+    const auto new_bits = static_cast<std::uint64_t>(static_cast<U>(desired));
+    RawLoad found;
+    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
+    if constexpr (sizeof(T) == 1) {
+      found = guestmem_fault_cmpxchg_u8(dst, old_bits, new_bits, &raw);
+    } else if constexpr (sizeof(T) == 2) {
+      found = guestmem_fault_cmpxchg_u16(dst, old_bits, new_bits, &raw);
+    } else if constexpr (sizeof(T) == 4) {
+      found = guestmem_fault_cmpxchg_u32(dst, old_bits, new_bits, &raw);
+    } else {
+      found = guestmem_fault_cmpxchg_u64(dst, old_bits, new_bits, &raw);
+    }
+    if (found.left == 0) [[likely]] {
+      return static_cast<T>(static_cast<U>(found.value));
+    }
+    return std::unexpected(to_fault_info(raw));
+  } else {
+    fault_recovery_unsupported();
+  }
+}
+
+}  // namespace detail
+
+/// Copies `len` bytes from `src` to `dst`, forward, stopping at the first byte that faults.
+/// A copy of 1, 2, 4 or 8 bytes is one load and one store (never torn when aligned).
+/// Returns the bytes copied (a prefix) and, when fewer than `len`, the fault.
+/// May stop short: only at a fault (on either side). Errors: none besides the fault.
+/// Validity: nothing is retained. Preconditions: every byte of both ranges either may be
+/// accessed or faults (no memory with side effects on access, such as device MMIO); the ranges
+/// do not overlap, or the bytes written in the overlap are unspecified (nothing outside the
+/// ranges is touched). Installs the handler on first use; aborts where fault recovery is
+/// unsupported (install_fault_handler() reports that as an error instead).
+/// Concurrency: other threads and the guest may access both ranges; only single accesses
+/// are untorn.
+inline FallibleOutcome fallible_copy(void* dst, const void* src, std::size_t len) noexcept {
+  detail::require_fault_handler();
+  return detail::copy_recovering(dst, src, len);
+}
+
+/// Sets `len` bytes at `dst` to `byte`, stopping at the first byte that faults. A fill of 1,
+/// 2, 4 or 8 bytes is one store. Returns, stops short and fails as fallible_copy.
+/// Preconditions: as fallible_copy, for the one range.
+inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t len) noexcept {
+  detail::require_fault_handler();
+  return detail::fill_recovering(dst, byte, len);
+}
+
+/// Loads the `T` at `src` with one instruction (never torn when `src` is aligned to sizeof(T)).
+/// Ordering: as a std::memory_order_seq_cst load (on x86-64 every load is one).
+/// Errors: the fault, when the load faulted. Preconditions: as fallible_copy.
+template <AtomicAccess T>
+inline std::expected<T, FaultInfo> fallible_load(const void* src) noexcept {
+  detail::require_fault_handler();
+  return detail::load_recovering<T>(src);
+}
+
+/// Stores `value` at `dst` with one instruction (never torn when `dst` is aligned).
+/// Ordering: as a std::memory_order_release store; fallible_store_seq_cst for seq_cst.
+/// Errors: the fault, when the store faulted (then nothing was stored).
+/// Preconditions: as fallible_copy.
+template <AtomicAccess T>
+inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcept {
+  detail::require_fault_handler();
+  return detail::store_recovering(dst, value);
+}
+
+/// Stores `value` at `dst` with one sequentially consistent instruction (an implicitly locked
+/// exchange), never torn when `dst` is aligned.
+/// Errors, preconditions: as fallible_store.
+template <AtomicAccess T>
+inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
+  detail::require_fault_handler();
+  return detail::store_seq_cst_recovering(dst, value);
+}
+
+/// Atomically replaces the `T` at `dst` with `desired` if it equals `expected`, with one
+/// sequentially consistent read-modify-write instruction.
+/// Returns the value found: the exchange happened iff it equals `expected`.
+/// Errors: the fault, when the access faulted (then nothing was stored).
+/// Preconditions: as fallible_copy, and `dst` is aligned to sizeof(T) (an unaligned locked
+/// access may split across cache lines, which x86-64 makes slow and other CPUs refuse).
+template <AtomicAccess T>
+inline std::expected<T, FaultInfo> fallible_compare_exchange(void* dst, T expected,
+                                                             T desired) noexcept {
+  detail::require_fault_handler();
+  return detail::compare_exchange_recovering(dst, expected, desired);
+}
+
+}  // namespace guestmem
