@@ -25,6 +25,18 @@
 //   InvalidOffsetLength      file offset             size           -                   -
 //   InvalidPointer           the pointer             -              -                   -
 //   MapFixed                 -                       -              -                   -
+//   ProtectionViolation      address in the container bytes asked    access asked/-      -
+//   InvalidAlignment         -                       alignment      -                   -
+//   NotPageAligned           the offset or size      page size      -                   -
+//   InvalidRange             offset in the mapping   length asked   mapping size/-      -
+//   MappingOverlap           offset in the arena     size           -                   -
+//   NoSuchMapping            offset in the arena     size           -                   -
+//   IncompatibleOptions      -                       -              -                   -
+//   AdviceFailed             the MADV_ advice        size           -                   yes
+//   MsyncFailed              -                       size           -                   yes
+//   NotImplemented           -                       -              -                   -
+//
+// "access asked" is 1 for a read and 2 for a write (the bits of `Permissions`).
 //
 //   auto r = mem.read_obj<std::uint32_t>(addr);
 //   if (!r && r.error().code() == ErrorCode::PartialBuffer) {
@@ -45,6 +57,7 @@
 #endif
 
 #include "guestmem/address.hpp"
+#include "guestmem/permissions.hpp"
 
 namespace guestmem {
 
@@ -90,6 +103,29 @@ enum class ErrorCode : std::uint8_t {
   InvalidPointer,
   /// MAP_FIXED was passed to a builder that must not replace existing mappings.
   MapFixed,
+  /// The mapping's protection does not allow the access (a write to a read-only mapping):
+  /// refused before the CPU would fault.
+  ProtectionViolation,
+  /// A requested alignment is not a power of two.
+  InvalidAlignment,
+  /// An offset or size is not a multiple of the page size it must be aligned to.
+  NotPageAligned,
+  /// A range (offset, length) does not lie inside a mapping or an arena.
+  InvalidRange,
+  /// A mapping added to an arena would overlap one already there.
+  MappingOverlap,
+  /// No mapping of an arena starts at the offset with the size given.
+  NoSuchMapping,
+  /// Builder options that cannot be combined (alignment or guard pages with memory the
+  /// builder does not place itself, for example).
+  IncompatibleOptions,
+  /// madvise refused an advice the builder was asked to apply.
+  AdviceFailed,
+  /// msync failed to write a mapping back to its file.
+  MsyncFailed,
+  /// The operation has no implementation on this architecture (cache flush outside x86-64
+  /// and aarch64).
+  NotImplemented,
 };
 
 /// The enumerator's name, for example "PartialBuffer".
@@ -159,6 +195,24 @@ class [[nodiscard]] Error {
     Error e(ErrorCode::MappingFailed);
     e.os_error_ = errnum;
     e.length_ = size;
+    return e;
+  }
+  static constexpr Error protection_violation(std::uint64_t address, std::uint64_t length,
+                                              Permissions access) noexcept {
+    Error e = at(ErrorCode::ProtectionViolation, address, length);
+    e.expected_ = (access.has_read() ? 1U : 0U) | (access.has_write() ? 2U : 0U);
+    return e;
+  }
+  static constexpr Error invalid_range(std::uint64_t offset, std::uint64_t length,
+                                       std::uint64_t size) noexcept {
+    Error e = at(ErrorCode::InvalidRange, offset, length);
+    e.expected_ = size;
+    return e;
+  }
+  static constexpr Error os_failure(ErrorCode code, int errnum, std::uint64_t address,
+                                    std::uint64_t length) noexcept {
+    Error e = at(code, address, length);
+    e.os_error_ = errnum;
     return e;
   }
   static constexpr Error mapping_past_eof(std::uint64_t file_offset, std::uint64_t size,

@@ -10,6 +10,7 @@
 //   volatile_slice.hpp  VolatileSlice, VolatileRef, VolatileArrayRef
 //   volatile_io.hpp     ReadVolatile, WriteVolatile (+ Vectored)
 //   fd.hpp, io.hpp      UniqueFd, BorrowedFd, SpanReader, SpanWriter, VectorWriter
+//   protection.hpp      Protection
 //   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
@@ -28,6 +29,7 @@
 #include "guestmem/io.hpp"
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
+#include "guestmem/protection.hpp"
 #include "guestmem/volatile_io.hpp"
 #include "guestmem/volatile_slice.hpp"
 
