@@ -11,7 +11,9 @@
 //   volatile_io.hpp     ReadVolatile, WriteVolatile (+ Vectored)
 //   fd.hpp, io.hpp      UniqueFd, BorrowedFd, SpanReader, SpanWriter, VectorWriter
 //   protection.hpp      Protection
-//   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder
+//   shared_memory.hpp   SharedMemory, Seal
+//   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder, Advice, SwapReservation,
+//                       cache_line_size
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
 //   concepts.hpp        Bytes, GuestMemoryRegion, GuestMemoryBackend, GuestMemory
@@ -30,6 +32,7 @@
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
 #include "guestmem/protection.hpp"
+#include "guestmem/shared_memory.hpp"
 #include "guestmem/volatile_io.hpp"
 #include "guestmem/volatile_slice.hpp"
 
