@@ -14,6 +14,8 @@
 //   shared_memory.hpp   SharedMemory, Seal
 //   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder, Advice, SwapReservation,
 //                       cache_line_size
+//   mapped_region.hpp   MappedRegion, ExternalMapping
+//   mapping_arena.hpp   MappingArena, ArenaMapping
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
 //   concepts.hpp        Bytes, GuestMemoryRegion, GuestMemoryBackend, GuestMemory
@@ -29,6 +31,8 @@
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/guest_region.hpp"
 #include "guestmem/io.hpp"
+#include "guestmem/mapped_region.hpp"
+#include "guestmem/mapping_arena.hpp"
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
 #include "guestmem/protection.hpp"
@@ -42,5 +46,7 @@ static_assert(Bytes<VolatileSlice<>, std::size_t>);
 static_assert(GuestMemoryRegion<GuestRegionMmap<>>);
 static_assert(GuestMemoryBackend<GuestMemoryMmap<>>);
 static_assert(GuestMemory<GuestMemoryMmap<>>);
+static_assert(MappedRegion<MmapRegion<>> && MappedRegion<MappingArena> &&
+              MappedRegion<ExternalMapping>);
 
 }  // namespace guestmem
