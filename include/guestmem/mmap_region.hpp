@@ -245,6 +245,19 @@ inline void volatile_store(std::uint8_t* dst, const T& value) noexcept {
   __atomic_store_n(reinterpret_cast<volatile U*>(dst), std::bit_cast<U>(value), __ATOMIC_RELAXED);
 }
 
+/// A full (seq_cst) fence: every earlier access of this thread is visible before any later
+/// one.
+inline void full_fence() noexcept {
+#if defined(GUESTMEM_TSAN)
+  // GCC rejects fences under ThreadSanitizer, which does not model them; a seq_cst
+  // read-modify-write is a full barrier as well (a locked instruction on x86-64).
+  std::atomic<unsigned char> local{0};
+  local.fetch_add(0, std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
 /// One load, as volatile_store in the other direction.
 /// Preconditions: `src` is valid for reading sizeof(T) bytes and aligned to sizeof(T).
 template <ByteValued T>
@@ -358,7 +371,7 @@ class MmapRegion {
         [[unlikely]] {
       return ok;
     }
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    detail::full_fence();
     // SAFETY: check_single_access proved sizeof(T) writable bytes at offset, aligned.
     detail::volatile_store(mapping_.addr() + offset, value);
     bitmap_.mark_dirty(offset, sizeof(T));
