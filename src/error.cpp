@@ -1,5 +1,7 @@
 #include "guestmem/error.hpp"
 
+#include <sys/mman.h>
+
 #include <csignal>
 #include <cstring>
 #include <ostream>
@@ -26,6 +28,35 @@ std::string signal_name(int signal) {
       return "SIGBUS";
     default:
       return "signal " + std::to_string(signal);
+  }
+}
+
+// The access kind recorded by Error::protection_violation.
+std::string access_name(std::uint64_t bits) {
+  switch (bits) {
+    case 1:
+      return "read";
+    case 2:
+      return "write";
+    case 3:
+      return "read-write access";
+    default:
+      return "access";
+  }
+}
+
+std::string advice_name(std::uint64_t advice) {
+  switch (advice) {
+    case MADV_HUGEPAGE:
+      return "MADV_HUGEPAGE";
+    case MADV_DONTDUMP:
+      return "MADV_DONTDUMP";
+    case MADV_MERGEABLE:
+      return "MADV_MERGEABLE";
+    case MADV_DONTFORK:
+      return "MADV_DONTFORK";
+    default:
+      return "advice " + std::to_string(advice);
   }
 }
 
@@ -83,6 +114,26 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "Fault";
     case ErrorCode::FaultRecoveryUnsupported:
       return "FaultRecoveryUnsupported";
+    case ErrorCode::ProtectionViolation:
+      return "ProtectionViolation";
+    case ErrorCode::InvalidAlignment:
+      return "InvalidAlignment";
+    case ErrorCode::NotPageAligned:
+      return "NotPageAligned";
+    case ErrorCode::InvalidRange:
+      return "InvalidRange";
+    case ErrorCode::MappingOverlap:
+      return "MappingOverlap";
+    case ErrorCode::NoSuchMapping:
+      return "NoSuchMapping";
+    case ErrorCode::IncompatibleOptions:
+      return "IncompatibleOptions";
+    case ErrorCode::AdviceFailed:
+      return "AdviceFailed";
+    case ErrorCode::MsyncFailed:
+      return "MsyncFailed";
+    case ErrorCode::NotImplemented:
+      return "NotImplemented";
   }
   return "UnknownErrorCode";
 }
@@ -154,6 +205,32 @@ std::string Error::message() const {
         return "cannot install the fault handler: " + os_error_text(os_error_);
       }
       return "fault-tolerant access is not supported on this architecture";
+    case ErrorCode::ProtectionViolation:
+      return access_name(expected_) + " of " + to_string(length_) + " bytes at " +
+             hex(address_) + " refused: the mapping's protection does not allow it";
+    case ErrorCode::InvalidAlignment:
+      return "alignment " + hex(length_) + " is not a power of two";
+    case ErrorCode::NotPageAligned:
+      return hex(address_) + " is not a multiple of the page size " + hex(length_);
+    case ErrorCode::InvalidRange:
+      return "range of " + hex(length_) + " bytes at offset " + hex(address_) +
+             " is outside the mapping of " + hex(expected_) + " bytes";
+    case ErrorCode::MappingOverlap:
+      return "mapping of " + hex(length_) + " bytes at offset " + hex(address_) +
+             " overlaps a mapping already in the arena";
+    case ErrorCode::NoSuchMapping:
+      return "no mapping of " + hex(length_) + " bytes at offset " + hex(address_) +
+             " in the arena";
+    case ErrorCode::IncompatibleOptions:
+      return "builder options that cannot be combined: alignment and guard pages need memory "
+             "the builder places itself, advice needs memory it maps";
+    case ErrorCode::AdviceFailed:
+      return "madvise(" + advice_name(address_) + ") of " + hex(length_) +
+             " bytes failed: " + os_error_text(os_error_);
+    case ErrorCode::MsyncFailed:
+      return "msync of " + hex(length_) + " bytes failed: " + os_error_text(os_error_);
+    case ErrorCode::NotImplemented:
+      return "cache flush is not implemented on this architecture";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }

@@ -1,6 +1,9 @@
 #include "guestmem/error.hpp"
 
+#include <sys/mman.h>
+
 #include <cerrno>
+#include <cstdint>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -65,10 +68,52 @@ TEST(Error, MessagesCarryAddressesAndCounts) {
             "transfer callback claimed 17 bytes of the 16 it was given, after 4 bytes");
   EXPECT_EQ(Error::at(ErrorCode::InvalidPointer, 0x1001).message(),
             "mapping pointer 0x1001 is not page aligned");
+  EXPECT_EQ(Error::protection_violation(0x10, 4, Permissions::Write).message(),
+            "write of 4 bytes at 0x10 refused: the mapping's protection does not allow it");
+  EXPECT_EQ(Error::protection_violation(0x2000, 8, Permissions::Read).message(),
+            "read of 8 bytes at 0x2000 refused: the mapping's protection does not allow it");
+  EXPECT_EQ(Error::at(ErrorCode::InvalidAlignment, 0, 0x3000).message(),
+            "alignment 0x3000 is not a power of two");
+  EXPECT_EQ(Error::at(ErrorCode::NotPageAligned, 0x1001, 0x1000).message(),
+            "0x1001 is not a multiple of the page size 0x1000");
+  EXPECT_EQ(Error::invalid_range(0x3000, 0x10, 0x3000).message(),
+            "range of 0x10 bytes at offset 0x3000 is outside the mapping of 0x3000 bytes");
+  EXPECT_EQ(Error::at(ErrorCode::MappingOverlap, 0x1000, 0x2000).message(),
+            "mapping of 0x2000 bytes at offset 0x1000 overlaps a mapping already in the arena");
+  EXPECT_EQ(Error::at(ErrorCode::NoSuchMapping, 0x1000, 0x2000).message(),
+            "no mapping of 0x2000 bytes at offset 0x1000 in the arena");
+  EXPECT_EQ(Error::os_failure(ErrorCode::AdviceFailed, EINVAL, MADV_MERGEABLE, 0x1000).message(),
+            "madvise(MADV_MERGEABLE) of 0x1000 bytes failed: Invalid argument (errno 22)");
+  EXPECT_EQ(Error::os_failure(ErrorCode::MsyncFailed, EIO, 0, 0x2000).message(),
+            "msync of 0x2000 bytes failed: Input/output error (errno 5)");
+  EXPECT_EQ(Error(ErrorCode::NotImplemented).message(),
+            "cache flush is not implemented on this architecture");
+}
+
+TEST(Error, FieldsOfTheMappingErrors) {
+  const Error write = Error::protection_violation(0x1008, 4, Permissions::Write);
+  EXPECT_EQ(write.code(), ErrorCode::ProtectionViolation);
+  EXPECT_EQ(write.address(), 0x1008u);
+  EXPECT_EQ(write.length(), 4u);
+  EXPECT_EQ(write.expected(), 2u);
+  EXPECT_EQ(Error::protection_violation(0, 1, Permissions::Read).expected(), 1u);
+  EXPECT_NE(write, Error::protection_violation(0x1008, 4, Permissions::Read));
+
+  const Error range = Error::invalid_range(0x10, 0x20, 0x30);
+  EXPECT_EQ(range.code(), ErrorCode::InvalidRange);
+  EXPECT_EQ(range.address(), 0x10u);
+  EXPECT_EQ(range.length(), 0x20u);
+  EXPECT_EQ(range.expected(), 0x30u);
+
+  const Error advice = Error::os_failure(ErrorCode::AdviceFailed, EINVAL, MADV_HUGEPAGE, 0x1000);
+  EXPECT_EQ(advice.code(), ErrorCode::AdviceFailed);
+  EXPECT_EQ(advice.os_error(), EINVAL);
+  EXPECT_EQ(advice.address(), static_cast<std::uint64_t>(MADV_HUGEPAGE));
+  EXPECT_EQ(advice.length(), 0x1000u);
 }
 
 TEST(Error, EveryCodeHasANameAndAMessage) {
-  for (int raw = 0; raw <= static_cast<int>(ErrorCode::FaultRecoveryUnsupported); ++raw) {
+  for (int raw = 0; raw <= static_cast<int>(ErrorCode::NotImplemented); ++raw) {
     const auto code = static_cast<ErrorCode>(raw);
     EXPECT_NE(to_string(code), "UnknownErrorCode") << raw;
     EXPECT_EQ(Error(code).message().find("unknown error code"), std::string::npos) << raw;

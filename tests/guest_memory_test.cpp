@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <memory>
 #include <random>
 #include <thread>
 #include <vector>
@@ -310,6 +311,98 @@ TEST(GuestMemoryMmap, GetSlicesAndStopOnError) {
   auto with_access = mem.get_slices(GuestAddress{0}, 0x10, Permissions::Write);
   ASSERT_TRUE(with_access.has_value());
   EXPECT_EQ((*with_access->next())->size(), 0x10u);
+}
+
+// Read-write memory at [0, 0x1000) followed directly by read-only memory at [0x1000, 0x2000)
+// over a memfd holding pattern(0x1000, 5), and a read-write region at [0x3000, 0x4000).
+struct MixedProtection {
+  std::shared_ptr<const UniqueFd> rom_file = std::make_shared<const UniqueFd>(testing::memfd(0x1000));
+  GuestMemoryMmap<RecordingBitmap> mem;
+
+  MixedProtection() {
+    const auto image = pattern(0x1000, 5);
+    EXPECT_EQ(::pwrite(rom_file->get(), image.data(), image.size(), 0), 0x1000);
+    std::vector<GuestRegionMmap<RecordingBitmap>> regions;
+    auto add = [&](Result<MmapRegion<RecordingBitmap>> mapping, std::uint64_t base) {
+      EXPECT_TRUE(mapping.has_value());
+      regions.push_back(
+          *GuestRegionMmap<RecordingBitmap>::create(std::move(*mapping), GuestAddress{base}));
+    };
+    add(MmapRegion<RecordingBitmap>::create(0x1000), 0);
+    add(MmapRegionBuilder<RecordingBitmap>(0x1000)
+            .with_file_offset(FileOffset(rom_file, 0))
+            .with_protection(Protection::read())
+            .build(),
+        0x1000);
+    add(MmapRegion<RecordingBitmap>::create(0x1000), 0x3000);
+    mem = *GuestMemoryMmap<RecordingBitmap>::from_regions(std::move(regions));
+  }
+};
+
+TEST(GuestMemoryMmap, ReadOnlyRegionRefusesWritesBeforeTheCpuWould) {
+  MixedProtection m;
+  auto& mem = m.mem;
+  EXPECT_EQ(mem.write_obj(std::uint32_t{7}, GuestAddress{0x1008}).error(),
+            Error::protection_violation(0x1008, 4, Permissions::Write));
+  EXPECT_EQ(mem.store(std::uint16_t{7}, GuestAddress{0x1ffe}, std::memory_order_release).error(),
+            Error::protection_violation(0x1ffe, 2, Permissions::Write));
+  const auto data = pattern(0x20, 0x40);
+  // Crossing from writable into read-only memory ends the access there, as a hole would.
+  EXPECT_EQ(mem.write(data, GuestAddress{0xff0}), 0x10u);
+  EXPECT_EQ(mem.write_slice(data, GuestAddress{0xff0}).error(), Error::partial_buffer(0x20, 0x10));
+  const auto image = pattern(0x1000, 5);
+  std::vector<std::byte> back(0x20);
+  ASSERT_TRUE(mem.read_slice(back, GuestAddress{0xff0}).has_value()) << "reads cross";
+  EXPECT_TRUE(std::equal(back.begin(), back.begin() + 0x10, data.begin()));
+  EXPECT_TRUE(std::equal(back.begin() + 0x10, back.end(), image.begin()));
+  std::vector<std::byte> in_file(0x1000);
+  ASSERT_EQ(::pread(m.rom_file->get(), in_file.data(), in_file.size(), 0), 0x1000);
+  EXPECT_EQ(in_file, image) << "nothing reached the read-only file";
+  const auto marks = mem.find_region(GuestAddress{0})->bitmap().take();
+  EXPECT_EQ(marks, (Marks{{0xff0, 0x10}, {0xff0, 0x10}}));
+  EXPECT_TRUE(mem.find_region(GuestAddress{0x1000})->bitmap().take().empty());
+
+  EXPECT_EQ(mem.read_obj<std::uint64_t>(GuestAddress{0x1ff8}),
+            mem.find_region(GuestAddress{0x1000})->read_obj<std::uint64_t>(MemoryRegionAddress{0xff8}));
+  ASSERT_TRUE(mem.write_obj(std::uint64_t{1}, GuestAddress{0x3000}).has_value())
+      << "regions after the read-only one are unaffected";
+}
+
+TEST(GuestMemoryMmap, SlicesAndRangeChecksTakeTheAccess) {
+  MixedProtection m;
+  auto& mem = m.mem;
+  auto writes = mem.get_slices(GuestAddress{0xff0}, 0x20, Permissions::Write);
+  ASSERT_TRUE(writes.has_value());
+  auto first = writes->next();
+  ASSERT_TRUE(first && first->has_value());
+  EXPECT_EQ((*first)->size(), 0x10u);
+  auto second = writes->next();
+  ASSERT_TRUE(second && !second->has_value());
+  EXPECT_EQ(second->error(), Error::protection_violation(0x1000, 0x10, Permissions::Write));
+  EXPECT_FALSE(writes->next().has_value());
+
+  for (auto access : {Permissions::No, Permissions::Read}) {
+    auto reads = mem.get_slices(GuestAddress{0xff0}, 0x20, access);
+    std::size_t total = 0;
+    for (const auto& item : *reads) {
+      ASSERT_TRUE(item.has_value()) << access.name();
+      total += item->size();
+    }
+    EXPECT_EQ(total, 0x20u);
+  }
+  std::size_t untyped = 0;
+  for (const auto& item : mem.get_slices(GuestAddress{0xff0}, 0x20)) {
+    ASSERT_TRUE(item.has_value()) << "views without an access kind are not checked";
+    untyped += item->size();
+  }
+  EXPECT_EQ(untyped, 0x20u);
+
+  EXPECT_FALSE(mem.check_range(GuestAddress{0xff0}, 0x20, Permissions::Write));
+  EXPECT_FALSE(mem.check_range(GuestAddress{0x1000}, 1, Permissions::ReadWrite));
+  EXPECT_TRUE(mem.check_range(GuestAddress{0xff0}, 0x20, Permissions::Read));
+  EXPECT_TRUE(mem.check_range(GuestAddress{0xff0}, 0x20));
+  EXPECT_TRUE(mem.check_range(GuestAddress{0x3000}, 0x1000, Permissions::Write));
+  EXPECT_FALSE(mem.check_range(GuestAddress{0x1f00}, 0x200, Permissions::Read)) << "a hole";
 }
 
 TEST(GuestMemoryMmap, GetSliceStaysInOneRegion) {

@@ -1,8 +1,13 @@
 #include "guestmem/guest_region.hpp"
 
+#include <unistd.h>
+
 #include <array>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -107,6 +112,84 @@ TEST(GuestRegionMmap, VolatileTransfers) {
   EXPECT_EQ(r.write_volatile_to(MemoryRegionAddress{0xf0}, dst, 0x100), 0x10u);
   ASSERT_EQ(out.size(), 0x10u);
   EXPECT_EQ(out[0], image[0x10]) << "the second transfer overwrote the first";
+}
+
+// A region of `size` bytes at guest address 0 over a memfd filled with pattern(size, 3),
+// mapped with `protection`; the memfd is returned too, for checking what reached it.
+std::pair<GuestRegionMmap<testing::RecordingBitmap>, std::shared_ptr<const UniqueFd>>
+protected_region(std::size_t size, Protection protection) {
+  auto file = std::make_shared<const UniqueFd>(testing::memfd(size));
+  const auto image = pattern(size, 3);
+  EXPECT_EQ(::pwrite(file->get(), image.data(), size, 0), static_cast<ssize_t>(size));
+  auto mapping = MmapRegionBuilder<testing::RecordingBitmap>(size)
+                     .with_file_offset(FileOffset(file, 0))
+                     .with_protection(protection)
+                     .build();
+  EXPECT_TRUE(mapping.has_value());
+  auto region = GuestRegionMmap<testing::RecordingBitmap>::create(std::move(*mapping), GuestAddress{0});
+  EXPECT_TRUE(region.has_value());
+  return {std::move(*region), file};
+}
+
+TEST(GuestRegionMmap, ReadOnlyRegionRefusesEveryWrite) {
+  auto [r, file] = protected_region(0x1000, Protection::read());
+  const MemoryRegionAddress at{0x10};
+  const Error refused = Error::protection_violation(0x10, 4, Permissions::Write);
+  const auto four = pattern(4, 0x80);
+  EXPECT_EQ(r.write_obj(std::uint32_t{1}, at).error(), refused);
+  EXPECT_EQ(r.write(four, at).error(), refused);
+  EXPECT_EQ(r.write_slice(four, at).error(), refused);
+  EXPECT_EQ(r.store(std::uint32_t{1}, at, std::memory_order_relaxed).error(), refused);
+  const auto image = pattern(0x20, 1);
+  SpanReader src{image};
+  EXPECT_EQ(r.read_volatile_from(at, src, 0x20).error(),
+            Error::protection_violation(0x10, 0x20, Permissions::Write));
+  EXPECT_EQ(r.read_exact_volatile_from(at, src, 0x20).error(),
+            Error::protection_violation(0x10, 0x20, Permissions::Write));
+  EXPECT_EQ(src.remaining().size(), 0x20u) << "the source was not consumed";
+  EXPECT_TRUE(r.bitmap().take().empty()) << "nothing was written";
+  EXPECT_EQ(r.write_obj(std::uint32_t{1}, MemoryRegionAddress{0x1000}).error(),
+            Error::invalid_backend_address(0x1000))
+      << "out of range is reported before protection";
+
+  // Reads work and see the file's bytes.
+  const auto expected = pattern(0x1000, 3);
+  EXPECT_EQ(r.read_obj<std::uint8_t>(at), static_cast<std::uint8_t>(expected[0x10]));
+  EXPECT_EQ(r.load<std::uint8_t>(MemoryRegionAddress{0xfff}, std::memory_order_acquire),
+            static_cast<std::uint8_t>(expected[0xfff]));
+  std::vector<std::byte> out;
+  VectorWriter dst{out};
+  EXPECT_EQ(r.write_volatile_to(MemoryRegionAddress{0}, dst, 0x1000), 0x1000u);
+  EXPECT_EQ(out, expected);
+  std::vector<std::byte> in_file(0x1000);
+  ASSERT_EQ(::pread(file->get(), in_file.data(), 0x1000, 0), 0x1000);
+  EXPECT_EQ(in_file, expected) << "the file is unchanged";
+
+  // A view of a read-only region is available, for reads.
+  auto slice = r.get_slice(MemoryRegionAddress{0x100}, 0x10);
+  ASSERT_TRUE(slice.has_value());
+  EXPECT_EQ(slice->read_obj<std::uint8_t>(0), static_cast<std::uint8_t>(expected[0x100]));
+}
+
+TEST(GuestRegionMmap, InaccessibleAndWriteOnlyRegions) {
+  auto [none, none_file] = protected_region(0x1000, Protection::none());
+  EXPECT_EQ(none.read_obj<std::uint64_t>(MemoryRegionAddress{8}).error(),
+            Error::protection_violation(8, 8, Permissions::Read));
+  EXPECT_EQ(none.load<std::uint16_t>(MemoryRegionAddress{2}, std::memory_order_relaxed).error(),
+            Error::protection_violation(2, 2, Permissions::Read));
+  EXPECT_EQ(none.write_obj(std::uint8_t{1}, MemoryRegionAddress{0}).error(),
+            Error::protection_violation(0, 1, Permissions::Write));
+
+  auto [wo, wo_file] = protected_region(0x1000, Protection::write());
+  ASSERT_TRUE(wo.write_obj(std::uint32_t{0x01020304}, MemoryRegionAddress{0x20}).has_value());
+  EXPECT_EQ(wo.bitmap().take(), (testing::Marks{{0x20, 4}}));
+  std::uint32_t in_file = 0;
+  ASSERT_EQ(::pread(wo_file->get(), &in_file, 4, 0x20), 4);
+  EXPECT_EQ(in_file, 0x01020304u);
+  std::array<std::byte, 4> buf{};
+  EXPECT_EQ(wo.read(buf, MemoryRegionAddress{0x20}).error(),
+            Error::protection_violation(0x20, 4, Permissions::Read))
+      << "the CPU would allow the read; the protection does not";
 }
 
 }  // namespace

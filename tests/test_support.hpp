@@ -4,11 +4,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +45,75 @@ inline UniqueFd memfd(std::size_t size, const char* name = "guestmem-test") {
   EXPECT_TRUE(fd.valid()) << "memfd_create failed";
   EXPECT_EQ(::ftruncate(fd.get(), static_cast<off_t>(size)), 0);
   return fd;
+}
+
+/// One line of /proc/self/maps: a VMA of this process.
+struct Vma {
+  std::uintptr_t start = 0;
+  std::uintptr_t end = 0;
+  /// "rw-p", "---p", "r--s", ...
+  std::string perms;
+};
+
+/// The VMA that holds `addr`, read from /proc/self/maps (the kernel's own view, independent
+/// of guestmem), or std::nullopt when nothing is mapped there.
+inline std::optional<Vma> vma_at(const void* addr) {
+  const auto a = reinterpret_cast<std::uintptr_t>(addr);
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    std::istringstream in(line);
+    std::string range;
+    Vma vma;
+    in >> range >> vma.perms;
+    const auto dash = range.find('-');
+    vma.start = std::stoull(range.substr(0, dash), nullptr, 16);
+    vma.end = std::stoull(range.substr(dash + 1), nullptr, 16);
+    if (a >= vma.start && a < vma.end) {
+      return vma;
+    }
+  }
+  return std::nullopt;
+}
+
+/// The "VmFlags:" line of /proc/self/smaps for the VMA that holds `addr` ("rd wr mr ... hg"),
+/// or "" when there is none.
+inline std::string vm_flags_at(const void* addr) {
+  const auto a = reinterpret_cast<std::uintptr_t>(addr);
+  std::ifstream smaps("/proc/self/smaps");
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    const auto dash = line.find('-');
+    const auto space = line.find(' ');
+    if (dash != std::string::npos && space != std::string::npos && dash < space &&
+        line.find_first_not_of("0123456789abcdef") == dash) {
+      const auto start = std::stoull(line.substr(0, dash), nullptr, 16);
+      const auto end = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+      inside = a >= start && a < end;
+    } else if (inside && line.starts_with("VmFlags:")) {
+      return line.substr(8) + " ";
+    }
+  }
+  return "";
+}
+
+/// True when every page of [addr, addr + len) is mapped (mincore fails with ENOMEM on a
+/// range that is not), whatever its protection.
+inline bool is_mapped(const void* addr, std::size_t len) {
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> residency((len + page - 1) / page);
+  return ::mincore(const_cast<void*>(addr), len, residency.data()) == 0;
+}
+
+/// How many pages of [addr, addr + len) are resident in memory (mincore).
+inline std::size_t resident_pages(const void* addr, std::size_t len) {
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> residency((len + page - 1) / page);
+  EXPECT_EQ(::mincore(const_cast<void*>(addr), len, residency.data()), 0);
+  std::size_t resident = 0;
+  for (unsigned char r : residency) {
+    resident += r & 1U;
+  }
+  return resident;
 }
 
 /// A dirty bitmap that records every mark, for checking that write paths report exactly the

@@ -31,6 +31,18 @@
 //   PermissionDenied         IOVA of refused part    length of it   -                   -
 //   Fault                    host address (si_addr)  -              asked/done before   -   (+ signal)
 //   FaultRecoveryUnsupported -                       -              -                   yes/0
+//   ProtectionViolation      address in the container bytes asked    access asked/-      -
+//   InvalidAlignment         -                       alignment      -                   -
+//   NotPageAligned           the offset or size      page size      -                   -
+//   InvalidRange             offset in the mapping   length asked   mapping size/-      -
+//   MappingOverlap           offset in the arena     size           -                   -
+//   NoSuchMapping            offset in the arena     size           -                   -
+//   IncompatibleOptions      -                       -              -                   -
+//   AdviceFailed             the MADV_ advice        size           -                   yes
+//   MsyncFailed              -                       size           -                   yes
+//   NotImplemented           -                       -              -                   -
+//
+// "access asked" is 1 for a read and 2 for a write (the bits of `Permissions`).
 //
 //   auto r = mem.read_obj<std::uint32_t>(addr);
 //   if (!r && r.error().code() == ErrorCode::PartialBuffer) {
@@ -51,6 +63,7 @@
 #endif
 
 #include "guestmem/address.hpp"
+#include "guestmem/permissions.hpp"
 
 namespace guestmem {
 
@@ -112,6 +125,29 @@ enum class ErrorCode : std::uint8_t {
   /// Fault-tolerant access is not available: the architecture has no recovery primitives, or
   /// installing the signal handler failed (os_error()).
   FaultRecoveryUnsupported,
+  /// The mapping's protection does not allow the access (a write to a read-only mapping):
+  /// refused before the CPU would fault.
+  ProtectionViolation,
+  /// A requested alignment is not a power of two.
+  InvalidAlignment,
+  /// An offset or size is not a multiple of the page size it must be aligned to.
+  NotPageAligned,
+  /// A range (offset, length) does not lie inside a mapping or an arena.
+  InvalidRange,
+  /// A mapping added to an arena would overlap one already there.
+  MappingOverlap,
+  /// No mapping of an arena starts at the offset with the size given.
+  NoSuchMapping,
+  /// Builder options that cannot be combined (alignment or guard pages with memory the
+  /// builder does not place itself, for example).
+  IncompatibleOptions,
+  /// madvise refused an advice the builder was asked to apply.
+  AdviceFailed,
+  /// msync failed to write a mapping back to its file.
+  MsyncFailed,
+  /// The operation has no implementation on this architecture (cache flush outside x86-64
+  /// and aarch64).
+  NotImplemented,
 };
 
 /// The enumerator's name, for example "PartialBuffer".
@@ -195,6 +231,24 @@ class [[nodiscard]] Error {
   }
   static constexpr Error fault_recovery_unsupported(int errnum = 0) noexcept {
     Error e(ErrorCode::FaultRecoveryUnsupported);
+    e.os_error_ = errnum;
+    return e;
+  }
+  static constexpr Error protection_violation(std::uint64_t address, std::uint64_t length,
+                                              Permissions access) noexcept {
+    Error e = at(ErrorCode::ProtectionViolation, address, length);
+    e.expected_ = (access.has_read() ? 1U : 0U) | (access.has_write() ? 2U : 0U);
+    return e;
+  }
+  static constexpr Error invalid_range(std::uint64_t offset, std::uint64_t length,
+                                       std::uint64_t size) noexcept {
+    Error e = at(ErrorCode::InvalidRange, offset, length);
+    e.expected_ = size;
+    return e;
+  }
+  static constexpr Error os_failure(ErrorCode code, int errnum, std::uint64_t address,
+                                    std::uint64_t length) noexcept {
+    Error e = at(code, address, length);
     e.os_error_ = errnum;
     return e;
   }

@@ -4,7 +4,9 @@
 // byte-access interface at guest physical addresses. An access may cross from one region into
 // an adjacent one (the first ends where the second starts); a hole or the end of memory ends
 // it. Lookups are O(log n) (a branch-free binary search over a dense array of region starts)
-// with a fast path that remembers the last region hit.
+// with a fast path that remembers the last region hit. A region whose protection does not
+// allow an access (a write to read-only memory) refuses it: first with ProtectionViolation,
+// later in the access like a hole.
 //
 // The collection never changes: hot-plug makes a new one (insert_region, remove_region) that
 // shares the unchanged regions with the old one, which stays valid. Copies are cheap (they
@@ -251,7 +253,12 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   /// True when all of [base, base + len) is in memory (regions may be adjacent); true for
   /// len == 0 wherever `base` points.
   [[nodiscard]] bool check_range(GuestAddress base, std::size_t len) const noexcept {
-    auto slices = get_slices(base, len);
+    return check_range(base, len, Permissions::No);
+  }
+  /// As above, and every region in the range allows an access of kind `access`.
+  [[nodiscard]] bool check_range(GuestAddress base, std::size_t len,
+                                 Permissions access) const noexcept {
+    SliceIterator slices(this, base, len, access);
     std::size_t total = 0;
     while (auto item = slices.next()) {
       if (!item->has_value()) {
@@ -260,11 +267,6 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
       total += (*item)->size();
     }
     return total == len;
-  }
-  /// As above; plain memory allows every access, so `access` is not consulted.
-  [[nodiscard]] bool check_range(GuestAddress base, std::size_t len,
-                                 Permissions /*access*/) const noexcept {
-    return check_range(base, len);
   }
 
   /// The host address of `addr`. Writes through it are not reported to the dirty bitmap.
@@ -291,15 +293,18 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
 
   /// The views that together cover [addr, addr + count), one per region crossed. Items are
   /// Result<slice_type>: without an error the sizes add up to `count`; the first hole gives an
-  /// InvalidGuestAddress item and ends the sequence. count == 0 gives no items.
+  /// InvalidGuestAddress item and ends the sequence. count == 0 gives no items. Protection is
+  /// not consulted: views of read-only regions serve reads only (see MmapRegion::get_slice).
   /// Validity: the iterator and its views, while this memory is alive.
   [[nodiscard]] SliceIterator get_slices(GuestAddress addr, std::size_t count) const noexcept {
     return SliceIterator(this, addr, count);
   }
-  /// As above; plain memory allows every access, so this never fails.
+  /// As above, for an access of kind `access`: a region whose protection does not allow it
+  /// gives a ProtectionViolation item (address, bytes left, access) and ends the sequence, as
+  /// a hole does. The call itself never fails.
   [[nodiscard]] Result<SliceIterator> get_slices(GuestAddress addr, std::size_t count,
-                                                 Permissions /*access*/) const noexcept {
-    return SliceIterator(this, addr, count);
+                                                 Permissions access) const noexcept {
+    return SliceIterator(this, addr, count, access);
   }
 
   /// This memory: there is no translation layer above it.
@@ -312,14 +317,16 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   static constexpr std::size_t kNone = ~std::size_t{0};
 
   // What an access needs of a region, packed so that a hit touches one cache line: the
-  // region's bitmap slice is kept here so that a tracked write does not chase
-  // slot -> region -> bitmap.
+  // bounds, the host memory, the region, its bitmap slice (so that a tracked write does not
+  // chase slot -> region -> bitmap) and the kinds of access its protection allows (so that
+  // the protection check is one test of a byte loaded with the bounds).
   struct Slot {
     std::uint64_t start = 0;
     std::uint64_t size = 0;
     std::uint8_t* host = nullptr;
     const region_type* region = nullptr;
     [[no_unique_address]] typename B::slice_type bitmap{};
+    Permissions allowed = Permissions::No;
   };
   // Two slots that contain no address, for a memory without regions (see slots_).
   static inline const Slot kNoSlots[2]{};
@@ -331,7 +338,8 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     for (const RegionPtr& r : regions_) {
       starts.push_back(r->start_addr().raw_value());
       slots_.push_back(Slot{r->start_addr().raw_value(), r->len(), r->mapping().unsafe_host_ptr(),
-                            r.get(), r->bitmap().slice_at(0)});
+                            r.get(), r->bitmap().slice_at(0),
+                            r->mapping().protection().as_permissions()});
     }
     if (!regions_.empty()) {
       slots_.push_back(Slot{});
@@ -400,20 +408,21 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return slice_type::from_raw_parts(slot.host + offset, len, slot.bitmap.slice_at(offset));
   }
 
-  // Byte-access hook: the first piece of [addr, addr + count).
+  // Byte-access hook: the first piece of [addr, addr + count), when its region allows
+  // `access`.
   GUESTMEM_ALWAYS_INLINE std::optional<slice_type> first_piece(GuestAddress addr, std::size_t count,
-                                                               Permissions /*access*/) const noexcept {
+                                                               Permissions access) const noexcept {
     const std::size_t index = find_index(addr);
-    if (index == kNone) [[unlikely]] {
+    if (index == kNone || !slot_data_[index].allowed.allow(access)) [[unlikely]] {
       return std::nullopt;
     }
     return piece(index, addr.raw_value(), count);
   }
 
-  // Byte-access hook: the pieces of [addr, addr + count).
+  // Byte-access hook: the pieces of [addr, addr + count) for an access of kind `access`.
   Result<SliceIterator> slices_for(GuestAddress addr, std::size_t count,
-                                   Permissions /*access*/) const noexcept {
-    return SliceIterator(this, addr, count);
+                                   Permissions access) const noexcept {
+    return SliceIterator(this, addr, count, access);
   }
 
   // Byte-access hook: single accesses that cross a region end or are misaligned.
@@ -438,8 +447,11 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
 template <Bitmap B>
 class GuestMemoryMmap<B>::SliceIterator {
  public:
-  SliceIterator(const GuestMemoryMmap* memory, GuestAddress addr, std::size_t count) noexcept
-      : memory_(memory), addr_(addr.raw_value()), count_(count) {}
+  /// The pieces of [addr, addr + count) for an access of kind `access` (Permissions::No: no
+  /// protection check).
+  SliceIterator(const GuestMemoryMmap* memory, GuestAddress addr, std::size_t count,
+                Permissions access = Permissions::No) noexcept
+      : memory_(memory), addr_(addr.raw_value()), count_(count), access_(access) {}
 
   /// The next piece, an error (after which nothing follows), or std::nullopt at the end.
   std::optional<Result<slice_type>> next() noexcept {
@@ -459,6 +471,10 @@ class GuestMemoryMmap<B>::SliceIterator {
     if (index == kNone) {
       count_ = 0;
       return Result<slice_type>(std::unexpect, Error::invalid_guest_address(GuestAddress{addr_}));
+    }
+    if (!memory_->slots_[index].allowed.allow(access_)) {
+      const std::size_t left = std::exchange(count_, 0);
+      return Result<slice_type>(std::unexpect, Error::protection_violation(addr_, left, access_));
     }
     slice_type slice = memory_->piece(index, addr_, count_);
     index_ = index;
@@ -492,6 +508,7 @@ class GuestMemoryMmap<B>::SliceIterator {
   const GuestMemoryMmap* memory_;
   std::uint64_t addr_;
   std::size_t count_;
+  Permissions access_;
   std::size_t index_ = kNone;
 };
 

@@ -3,7 +3,9 @@
 // `GuestRegionMmap` places an `MmapRegion` at a guest base address: the region holds guest
 // addresses [start_addr(), last_addr()] and offers the byte-access interface at offsets
 // inside it (`MemoryRegionAddress`). An access never leaves the region: one that would run
-// past the end stops there (read/write) or fails (read_slice, read_obj, ...).
+// past the end stops there (read/write) or fails (read_slice, read_obj, ...). An access the
+// mapping's protection does not allow (a write to a read-only mapping) fails with
+// ProtectionViolation before it touches memory.
 //
 //   auto mapping = MmapRegion<>::create(0x1000);
 //   auto region = GuestRegionMmap<>::create(std::move(*mapping), GuestAddress{0x10000});
@@ -95,7 +97,8 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
 
   /// A view of `count` bytes at `offset`.
   /// Errors: InvalidBackendAddress(offset) when the range does not fit in the region.
-  /// Validity: while the region is alive.
+  /// Validity: while the region is alive. The view carries no protection: for a read-only
+  /// region it serves reads only (see MmapRegion::get_slice).
   [[nodiscard]] Result<slice_type> get_slice(MemoryRegionAddress offset,
                                              std::size_t count) const noexcept {
     auto slice = mapping_.get_slice(offset.raw_value(), count);
@@ -105,7 +108,7 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
     return slice;
   }
 
-  /// A view of the whole region. Validity: while the region is alive.
+  /// A view of the whole region. Validity and protection: as get_slice.
   [[nodiscard]] slice_type as_volatile_slice() const noexcept {
     return mapping_.as_volatile_slice();
   }
@@ -125,11 +128,12 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
   GuestRegionMmap(MmapRegion<B> mapping, GuestAddress guest_base) noexcept
       : mapping_(std::move(mapping)), guest_base_(guest_base) {}
 
-  // Byte-access hook: the piece [offset, min(offset + count, len())).
+  // Byte-access hook: the piece [offset, min(offset + count, len())), when the protection
+  // allows `access`.
   GUESTMEM_ALWAYS_INLINE std::optional<slice_type> first_piece(
-      MemoryRegionAddress offset, std::size_t count, Permissions /*access*/) const noexcept {
+      MemoryRegionAddress offset, std::size_t count, Permissions access) const noexcept {
     const std::uint64_t at = offset.raw_value();
-    if (at >= len()) [[unlikely]] {
+    if (at >= len() || !mapping_.permits(access)) [[unlikely]] {
       return std::nullopt;
     }
     const std::size_t n = std::min<std::uint64_t>(count, len() - at);
@@ -141,11 +145,15 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
   // Byte-access hook: the same piece, or the error for it, as a sequence.
   Result<detail::OneItem<Result<slice_type>>> slices_for(MemoryRegionAddress offset,
                                                          std::size_t count,
-                                                         Permissions /*access*/) const noexcept {
+                                                         Permissions access) const noexcept {
     const std::uint64_t at = offset.raw_value();
     if (at >= len()) {
       return detail::OneItem(
           Result<slice_type>(std::unexpect, Error::invalid_backend_address(at)));
+    }
+    if (!mapping_.permits(access)) {
+      return detail::OneItem(
+          Result<slice_type>(std::unexpect, Error::protection_violation(at, count, access)));
     }
     return detail::OneItem(Result<slice_type>(*first_piece(offset, count, Permissions::No)));
   }

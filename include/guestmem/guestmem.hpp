@@ -11,7 +11,12 @@
 //   volatile_slice.hpp  VolatileSlice, VolatileRef, VolatileArrayRef
 //   volatile_io.hpp     ReadVolatile, WriteVolatile (+ Vectored)
 //   fd.hpp, io.hpp      UniqueFd, BorrowedFd, SpanReader, SpanWriter, VectorWriter
-//   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder
+//   protection.hpp      Protection
+//   shared_memory.hpp   SharedMemory, Seal
+//   mmap_region.hpp     FileOffset, MmapRegion, MmapRegionBuilder, Advice, SwapReservation,
+//                       cache_line_size
+//   mapped_region.hpp   MappedRegion, ExternalMapping
+//   mapping_arena.hpp   MappingArena, ArenaMapping
 //   guest_region.hpp    GuestRegionMmap
 //   guest_memory.hpp    GuestMemoryMmap, RegionSpec
 //   iommu.hpp           Iotlb, Iommu, IommuMemory, IommuMode, IovaRange, MappedRange
@@ -35,10 +40,14 @@
 #include "guestmem/guest_region.hpp"
 #include "guestmem/io.hpp"
 #include "guestmem/iommu.hpp"
+#include "guestmem/mapped_region.hpp"
+#include "guestmem/mapping_arena.hpp"
 #include "guestmem/mmap_region.hpp"
 #include "guestmem/permissions.hpp"
-#include "guestmem/volatile_io.hpp"
+#include "guestmem/protection.hpp"
+#include "guestmem/shared_memory.hpp"
 #include "guestmem/vm_io.hpp"
+#include "guestmem/volatile_io.hpp"
 #include "guestmem/volatile_slice.hpp"
 
 namespace guestmem {
@@ -56,5 +65,7 @@ static_assert(VmIo<VolatileSlice<>, std::size_t> && VmIoOnce<VolatileSlice<>, st
 static_assert(VmIo<GuestRegionMmap<>, MemoryRegionAddress> &&
               VmIoOnce<GuestRegionMmap<>, MemoryRegionAddress>);
 static_assert(VmIo<GuestMemoryMmap<>, GuestAddress> && VmIoOnce<GuestMemoryMmap<>, GuestAddress>);
+static_assert(MappedRegion<MmapRegion<>> && MappedRegion<MappingArena> &&
+              MappedRegion<ExternalMapping>);
 
 }  // namespace guestmem

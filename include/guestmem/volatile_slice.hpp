@@ -93,8 +93,10 @@ class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t>,
   = default;
 
   /// A view of `size` bytes at `addr`, reporting writes to `bitmap`.
-  /// Preconditions: [addr, addr + size) is mapped, readable and writable memory and stays so
-  /// while this view or any view derived from it is used; `bitmap` covers the same range.
+  /// Preconditions: [addr, addr + size) is mapped, readable memory and stays so while this
+  /// view or any view derived from it is used, and is writable if anything writes through
+  /// the view (a view carries no protection: a write to read-only memory faults); `bitmap`
+  /// covers the same range.
   /// Concurrency: other threads and the guest may access the memory concurrently.
   [[nodiscard]] static VolatileSlice from_raw_parts(std::uint8_t* addr, std::size_t size,
                                                     S bitmap) noexcept {
