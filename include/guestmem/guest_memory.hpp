@@ -35,6 +35,7 @@
 #include "guestmem/bitmap.hpp"
 #include "guestmem/detail/bytes_impl.hpp"
 #include "guestmem/detail/fallible_impl.hpp"
+#include "guestmem/detail/pieces.hpp"
 #include "guestmem/detail/search_tree.hpp"
 #include "guestmem/error.hpp"
 #include "guestmem/guest_region.hpp"
@@ -42,36 +43,6 @@
 #include "guestmem/permissions.hpp"
 
 namespace guestmem {
-
-namespace detail {
-
-/// An input iterator over anything with `std::optional<Item> next()`.
-template <class Source>
-class NextIterator {
- public:
-  using value_type = typename decltype(std::declval<Source&>().next())::value_type;
-  using difference_type = std::ptrdiff_t;
-
-  NextIterator() = default;
-  explicit NextIterator(Source* source) : source_(source), current_(source->next()) {}
-
-  const value_type& operator*() const { return *current_; }
-  const value_type* operator->() const { return &*current_; }
-  NextIterator& operator++() {
-    current_ = source_->next();
-    return *this;
-  }
-  void operator++(int) { ++*this; }
-  friend bool operator==(const NextIterator& it, std::default_sentinel_t) {
-    return !it.current_.has_value();
-  }
-
- private:
-  Source* source_ = nullptr;
-  std::optional<value_type> current_;
-};
-
-}  // namespace detail
 
 /// One region to create: `size` bytes at `guest_base`, anonymous or from a file.
 struct RegionSpec {
@@ -445,7 +416,8 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
 
 /// The pieces of a guest range, one per region crossed (see GuestMemoryMmap::get_slices).
 template <Bitmap B>
-class GuestMemoryMmap<B>::SliceIterator {
+class GuestMemoryMmap<B>::SliceIterator
+    : public detail::PieceSequence<SliceIterator, slice_type> {
  public:
   /// The pieces of [addr, addr + count) for an access of kind `access` (Permissions::No: no
   /// protection check).
@@ -484,58 +456,12 @@ class GuestMemoryMmap<B>::SliceIterator {
     return Result<slice_type>(std::move(slice));
   }
 
-  /// The pieces as a range of Result<slice_type>.
-  detail::NextIterator<SliceIterator> begin() { return detail::NextIterator<SliceIterator>(this); }
-  std::default_sentinel_t end() const noexcept { return {}; }
-
-  class StopOnError;
-
-  /// Ends the sequence quietly at the first error after at least one piece.
-  /// Errors: the first item's error, when the very first piece is missing.
-  Result<StopOnError> stop_on_error() && {
-    auto first = next();
-    if (first && !first->has_value()) {
-      return std::unexpected(first->error());
-    }
-    std::optional<slice_type> head;
-    if (first) {
-      head.emplace(std::move(**first));
-    }
-    return StopOnError(std::move(*this), std::move(head));
-  }
-
  private:
   const GuestMemoryMmap* memory_;
   std::uint64_t addr_;
   std::size_t count_;
   Permissions access_;
   std::size_t index_ = kNone;
-};
-
-/// A sequence of pieces that ends at the end of the range or at the first hole.
-template <Bitmap B>
-class GuestMemoryMmap<B>::SliceIterator::StopOnError {
- public:
-  StopOnError(SliceIterator rest, std::optional<slice_type> head) noexcept
-      : rest_(std::move(rest)), head_(std::move(head)) {}
-
-  std::optional<slice_type> next() noexcept {
-    if (head_) {
-      return std::exchange(head_, std::nullopt);
-    }
-    auto item = rest_.next();
-    if (!item || !item->has_value()) {
-      return std::nullopt;
-    }
-    return std::move(**item);
-  }
-
-  detail::NextIterator<StopOnError> begin() { return detail::NextIterator<StopOnError>(this); }
-  std::default_sentinel_t end() const noexcept { return {}; }
-
- private:
-  SliceIterator rest_;
-  std::optional<slice_type> head_;
 };
 
 }  // namespace guestmem

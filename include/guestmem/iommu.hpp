@@ -47,6 +47,7 @@
 #include "guestmem/concepts.hpp"
 #include "guestmem/detail/bytes_impl.hpp"
 #include "guestmem/detail/iotlb_cache.hpp"
+#include "guestmem/detail/pieces.hpp"
 #include "guestmem/error.hpp"
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/permissions.hpp"
@@ -621,7 +622,8 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
 
 /// The pieces of an IOVA range (see IommuMemory::get_slices).
 template <GuestMemoryBackend M, Bitmap B>
-class IommuMemory<M, B>::SliceIterator {
+class IommuMemory<M, B>::SliceIterator
+    : public detail::PieceSequence<SliceIterator, slice_type> {
  public:
   SliceIterator(const IommuMemory* memory, GuestAddress addr, std::size_t count,
                 Permissions access, std::optional<Error> first_error = std::nullopt) noexcept
@@ -648,58 +650,12 @@ class IommuMemory<M, B>::SliceIterator {
     return piece;
   }
 
-  /// The pieces as a range of Result<slice_type>.
-  detail::NextIterator<SliceIterator> begin() { return detail::NextIterator<SliceIterator>(this); }
-  std::default_sentinel_t end() const noexcept { return {}; }
-
-  class StopOnError;
-
-  /// Ends the sequence quietly at the first error after at least one piece.
-  /// Errors: the first item's error, when the very first piece fails.
-  Result<StopOnError> stop_on_error() && {
-    auto first = next();
-    if (first && !first->has_value()) {
-      return std::unexpected(first->error());
-    }
-    std::optional<slice_type> head;
-    if (first) {
-      head.emplace(std::move(**first));
-    }
-    return StopOnError(std::move(*this), std::move(head));
-  }
-
  private:
   const IommuMemory* memory_;
   GuestAddress addr_;
   std::size_t count_;
   Permissions access_;
   std::optional<Error> first_error_;
-};
-
-/// A sequence of pieces that ends at the end of the range or at the first failure.
-template <GuestMemoryBackend M, Bitmap B>
-class IommuMemory<M, B>::SliceIterator::StopOnError {
- public:
-  StopOnError(SliceIterator rest, std::optional<slice_type> head) noexcept
-      : rest_(std::move(rest)), head_(std::move(head)) {}
-
-  std::optional<slice_type> next() {
-    if (head_) {
-      return std::exchange(head_, std::nullopt);
-    }
-    auto item = rest_.next();
-    if (!item || !item->has_value()) {
-      return std::nullopt;
-    }
-    return std::move(**item);
-  }
-
-  detail::NextIterator<StopOnError> begin() { return detail::NextIterator<StopOnError>(this); }
-  std::default_sentinel_t end() const noexcept { return {}; }
-
- private:
-  SliceIterator rest_;
-  std::optional<slice_type> head_;
 };
 
 static_assert(BitmapSlice<IommuBitmapSlice<NoBitmap, NoBitmap>>);
