@@ -84,7 +84,7 @@ BENCHMARK(BM_Memcpy)->Apply(copy_sizes);
 BENCHMARK(BM_FallibleCopy)->Apply(copy_sizes);
 
 // ---- single accesses through a pointer: a relaxed atomic load or store against the
-// fault-tolerant one. Both are one instruction; the fallible one is also a call.
+// fault-tolerant one. Both are one instruction; the fallible one also tests for a fault.
 
 void BM_PlainLoad(benchmark::State& state) {
   Buffer page(4096);

@@ -6,13 +6,14 @@
 // like plain instructions, but a fault stops them instead of killing the process: they report
 // how much was done, the faulting address and the signal.
 //
-// How: the primitives are assembly routines (src/arch/x86_64/) whose every memory instruction
-// has a recovery label. A SIGSEGV/SIGBUS handler, installed once, recognises a kernel-
-// generated fault whose instruction pointer lies inside them and resumes at the recovery
-// label; every other fault goes to the handler installed before it (or the default action),
-// so a real crash still crashes with its own signal. The fast path is the plain instruction
-// sequence: no system call, no sigsetjmp, no per-call registration. See docs/DESIGN.md,
-// "Fault-tolerant access".
+// How: every memory instruction of a primitive that may fault is listed in a fault table with
+// a place to resume: copy and fill are assembly routines (src/arch/x86_64/), the single
+// accesses are inline assembly (detail/fault_x86_64.hpp). A SIGSEGV/SIGBUS handler, installed
+// once, recognises a kernel-generated fault at a listed instruction and resumes there with the
+// fault's details; every other fault goes to the handler installed before it (or the default
+// action), so a real crash still crashes with its own signal. The fast path is the plain
+// instruction sequence: no system call, no sigsetjmp, no per-call registration. See
+// docs/DESIGN.md, "Fault-tolerant access".
 //
 // Rules shared by every primitive:
 // - A copy or fill does a prefix of the bytes: `done` bytes from the start, exactly those
@@ -37,6 +38,10 @@
 #include "guestmem/byte_valued.hpp"
 #include "guestmem/detail/config.hpp"
 #include "guestmem/error.hpp"
+
+#if defined(__x86_64__)
+#include "guestmem/detail/fault_x86_64.hpp"
+#endif
 
 namespace guestmem {
 
@@ -78,12 +83,6 @@ struct RawFault {
   std::int32_t signal;
 };
 
-/// A load's value and the bytes it did not do (returned in rax:rdx).
-struct RawLoad {
-  std::uint64_t value;
-  std::uint64_t left;
-};
-
 /// True once the handler is installed; set with release order after it is.
 extern std::atomic<bool> fault_handler_ready;
 
@@ -94,33 +93,13 @@ inline constexpr bool kFaultRecovery = true;
 inline constexpr bool kFaultRecovery = false;
 #endif
 
-// The primitives (src/arch/x86_64/fault_primitives.S). Declared everywhere so that code naming
-// them compiles on every architecture; only x86-64 defines them, and elsewhere every call is
-// in a discarded `if constexpr (kFaultRecovery)` branch.
+// The bulk primitives (src/arch/x86_64/fault_primitives.S). Declared everywhere so that code
+// naming them compiles on every architecture; only x86-64 defines them, and elsewhere every
+// call is in a discarded `if constexpr (kFaultRecovery)` branch.
 extern "C" {
 std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
                                 RawFault* fault) noexcept;
 std::size_t guestmem_fault_fill(void* dst, int byte, std::size_t len, RawFault* fault) noexcept;
-RawLoad guestmem_fault_load_u8(const void* src, RawFault* fault) noexcept;
-RawLoad guestmem_fault_load_u16(const void* src, RawFault* fault) noexcept;
-RawLoad guestmem_fault_load_u32(const void* src, RawFault* fault) noexcept;
-RawLoad guestmem_fault_load_u64(const void* src, RawFault* fault) noexcept;
-std::size_t guestmem_fault_store_u8(void* dst, std::uint64_t value, RawFault* fault) noexcept;
-std::size_t guestmem_fault_store_u16(void* dst, std::uint64_t value, RawFault* fault) noexcept;
-std::size_t guestmem_fault_store_u32(void* dst, std::uint64_t value, RawFault* fault) noexcept;
-std::size_t guestmem_fault_store_u64(void* dst, std::uint64_t value, RawFault* fault) noexcept;
-RawLoad guestmem_fault_cmpxchg_u8(void* dst, std::uint64_t expected, std::uint64_t desired,
-                                  RawFault* fault) noexcept;
-RawLoad guestmem_fault_cmpxchg_u16(void* dst, std::uint64_t expected, std::uint64_t desired,
-                                   RawFault* fault) noexcept;
-RawLoad guestmem_fault_cmpxchg_u32(void* dst, std::uint64_t expected, std::uint64_t desired,
-                                   RawFault* fault) noexcept;
-RawLoad guestmem_fault_cmpxchg_u64(void* dst, std::uint64_t expected, std::uint64_t desired,
-                                   RawFault* fault) noexcept;
-RawLoad guestmem_fault_xchg_u8(void* dst, std::uint64_t value, RawFault* fault) noexcept;
-RawLoad guestmem_fault_xchg_u16(void* dst, std::uint64_t value, RawFault* fault) noexcept;
-RawLoad guestmem_fault_xchg_u32(void* dst, std::uint64_t value, RawFault* fault) noexcept;
-RawLoad guestmem_fault_xchg_u64(void* dst, std::uint64_t value, RawFault* fault) noexcept;
 }
 
 /// Installs the handler if needed; for the APIs that return errors.
@@ -149,6 +128,12 @@ GUESTMEM_ALWAYS_INLINE void require_fault_handler() noexcept {
 [[nodiscard]] inline FaultInfo to_fault_info(const RawFault& raw) noexcept {
   return FaultInfo{raw.address, raw.signal};
 }
+
+#if defined(__x86_64__)
+[[nodiscard]] inline FaultInfo to_fault_info(const InlineFault& inline_fault) noexcept {
+  return FaultInfo{inline_fault.address, static_cast<int>(inline_fault.signal)};
+}
+#endif
 
 // The primitives without the installation check, for callers that made it once for several
 // accesses (ensure_fault_handler). Preconditions: the handler is installed; otherwise as the
@@ -183,106 +168,70 @@ inline FallibleOutcome fill_recovering(void* dst, std::uint8_t byte, std::size_t
   }
 }
 
+// The single accesses are inline on x86-64 (detail/fault_x86_64.hpp): one instruction, no call.
+
 template <AtomicAccess T>
 std::expected<T, FaultInfo> load_recovering(const void* src) noexcept {
-  if constexpr (kFaultRecovery) {
-    RawFault raw;
-    RawLoad loaded;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      loaded = guestmem_fault_load_u8(src, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      loaded = guestmem_fault_load_u16(src, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      loaded = guestmem_fault_load_u32(src, &raw);
-    } else {
-      loaded = guestmem_fault_load_u64(src, &raw);
-    }
-    if (loaded.left == 0) [[likely]] {
-      return static_cast<T>(loaded.value);
-    }
-    return std::unexpected(to_fault_info(raw));
-  } else {
-    fault_recovery_unsupported();
+#if defined(__x86_64__)
+  using U = std::make_unsigned_t<T>;
+  InlineFault fault;
+  // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
+  const U value = inline_load<U>(src, fault);
+  if (fault.signal == 0) [[likely]] {
+    return static_cast<T>(value);
   }
+  return std::unexpected(to_fault_info(fault));
+#else
+  fault_recovery_unsupported();
+#endif
 }
 
 template <AtomicAccess T>
 std::expected<void, FaultInfo> store_recovering(void* dst, T value) noexcept {
-  if constexpr (kFaultRecovery) {
-    RawFault raw;
-    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
-    std::size_t left;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      left = guestmem_fault_store_u8(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      left = guestmem_fault_store_u16(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      left = guestmem_fault_store_u32(dst, bits, &raw);
-    } else {
-      left = guestmem_fault_store_u64(dst, bits, &raw);
-    }
-    if (left == 0) [[likely]] {
-      return {};
-    }
-    return std::unexpected(to_fault_info(raw));
-  } else {
-    fault_recovery_unsupported();
+#if defined(__x86_64__)
+  InlineFault fault;
+  // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
+  inline_store(dst, static_cast<std::make_unsigned_t<T>>(value), fault);
+  if (fault.signal == 0) [[likely]] {
+    return {};
   }
+  return std::unexpected(to_fault_info(fault));
+#else
+  fault_recovery_unsupported();
+#endif
 }
 
 template <AtomicAccess T>
 std::expected<void, FaultInfo> store_seq_cst_recovering(void* dst, T value) noexcept {
-  if constexpr (kFaultRecovery) {
-    RawFault raw;
-    const auto bits = static_cast<std::uint64_t>(static_cast<std::make_unsigned_t<T>>(value));
-    RawLoad swapped;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      swapped = guestmem_fault_xchg_u8(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      swapped = guestmem_fault_xchg_u16(dst, bits, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      swapped = guestmem_fault_xchg_u32(dst, bits, &raw);
-    } else {
-      swapped = guestmem_fault_xchg_u64(dst, bits, &raw);
-    }
-    if (swapped.left == 0) [[likely]] {
-      return {};
-    }
-    return std::unexpected(to_fault_info(raw));
-  } else {
-    fault_recovery_unsupported();
+#if defined(__x86_64__)
+  InlineFault fault;
+  // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
+  inline_exchange(dst, static_cast<std::make_unsigned_t<T>>(value), fault);
+  if (fault.signal == 0) [[likely]] {
+    return {};
   }
+  return std::unexpected(to_fault_info(fault));
+#else
+  fault_recovery_unsupported();
+#endif
 }
 
 template <AtomicAccess T>
 std::expected<T, FaultInfo> compare_exchange_recovering(void* dst, T expected,
                                                         T desired) noexcept {
-  if constexpr (kFaultRecovery) {
-    RawFault raw;
-    using U = std::make_unsigned_t<T>;
-    const auto old_bits = static_cast<std::uint64_t>(static_cast<U>(expected));
-    const auto new_bits = static_cast<std::uint64_t>(static_cast<U>(desired));
-    RawLoad found;
-    // SAFETY: the routine recovers from a fault on these bytes (the caller's precondition).
-    if constexpr (sizeof(T) == 1) {
-      found = guestmem_fault_cmpxchg_u8(dst, old_bits, new_bits, &raw);
-    } else if constexpr (sizeof(T) == 2) {
-      found = guestmem_fault_cmpxchg_u16(dst, old_bits, new_bits, &raw);
-    } else if constexpr (sizeof(T) == 4) {
-      found = guestmem_fault_cmpxchg_u32(dst, old_bits, new_bits, &raw);
-    } else {
-      found = guestmem_fault_cmpxchg_u64(dst, old_bits, new_bits, &raw);
-    }
-    if (found.left == 0) [[likely]] {
-      return static_cast<T>(static_cast<U>(found.value));
-    }
-    return std::unexpected(to_fault_info(raw));
-  } else {
-    fault_recovery_unsupported();
+#if defined(__x86_64__)
+  using U = std::make_unsigned_t<T>;
+  InlineFault fault;
+  // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
+  const U found =
+      inline_compare_exchange(dst, static_cast<U>(expected), static_cast<U>(desired), fault);
+  if (fault.signal == 0) [[likely]] {
+    return static_cast<T>(found);
   }
+  return std::unexpected(to_fault_info(fault));
+#else
+  fault_recovery_unsupported();
+#endif
 }
 
 }  // namespace detail
@@ -311,18 +260,23 @@ inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t l
   return detail::fill_recovering(dst, byte, len);
 }
 
-/// Loads the `T` at `src` with one instruction (never torn when `src` is aligned to sizeof(T)).
+/// Loads the `T` at `src` with one instruction (never torn when `src` is aligned to sizeof(T)),
+/// inline: no call.
 /// Ordering: as a std::memory_order_seq_cst load (on x86-64 every load is one).
-/// Errors: the fault, when the load faulted. Preconditions: as fallible_copy.
+/// Errors: the fault, when the load faulted; its address is the first byte that faulted (`src`
+/// itself unless an unaligned load crosses into a page that faults). Never stops short: the
+/// load is done whole or not at all. Validity: nothing is retained.
+/// Preconditions: as fallible_copy.
 template <AtomicAccess T>
 inline std::expected<T, FaultInfo> fallible_load(const void* src) noexcept {
   detail::require_fault_handler();
   return detail::load_recovering<T>(src);
 }
 
-/// Stores `value` at `dst` with one instruction (never torn when `dst` is aligned).
+/// Stores `value` at `dst` with one instruction (never torn when `dst` is aligned), inline.
 /// Ordering: as a std::memory_order_release store; fallible_store_seq_cst for seq_cst.
-/// Errors: the fault, when the store faulted (then nothing was stored).
+/// Errors: the fault, when the store faulted (then nothing was stored), with its address as
+/// in fallible_load. Never stops short. Validity: nothing is retained.
 /// Preconditions: as fallible_copy.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcept {
@@ -331,8 +285,8 @@ inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcep
 }
 
 /// Stores `value` at `dst` with one sequentially consistent instruction (an implicitly locked
-/// exchange), never torn when `dst` is aligned.
-/// Errors, preconditions: as fallible_store.
+/// exchange), never torn when `dst` is aligned, inline.
+/// Errors, stopping short, validity and preconditions: as fallible_store.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
   detail::require_fault_handler();
@@ -340,9 +294,11 @@ inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value)
 }
 
 /// Atomically replaces the `T` at `dst` with `desired` if it equals `expected`, with one
-/// sequentially consistent read-modify-write instruction.
+/// sequentially consistent read-modify-write instruction, inline.
 /// Returns the value found: the exchange happened iff it equals `expected`.
-/// Errors: the fault, when the access faulted (then nothing was stored).
+/// Errors: the fault, when the access faulted (then nothing was stored); a read-only page
+/// faults even when the values differ, because the instruction always writes. Never stops
+/// short. Validity: nothing is retained.
 /// Preconditions: as fallible_copy, and `dst` is aligned to sizeof(T) (an unaligned locked
 /// access may split across cache lines, which x86-64 makes slow and other CPUs refuse).
 template <AtomicAccess T>

@@ -1,14 +1,16 @@
 // guestmem: the SIGSEGV/SIGBUS handler and the one fixup function behind the fault-tolerant
-// primitives of fault_primitives.S. This file and the assembly are the only code in guestmem
-// that handles faults.
+// primitives: the copy and fill of fault_primitives.S and the inline single accesses of
+// include/guestmem/detail/fault_x86_64.hpp. This file and those two are the only code in
+// guestmem that handles faults.
 //
 // - The handler is installed once, with SA_SIGINFO (it needs si_addr, si_code and the
 //   ucontext) and SA_ONSTACK (a thread that overflowed its stack can only run a handler on an
 //   alternate stack, and the handler it chains to may need that).
-// - It recovers only from kernel-generated faults (si_code > 0) whose RIP is one of the
-//   instructions listed in guestmem_fault_table. A signal sent with kill/sigqueue/tgkill
-//   (si_code <= 0) is never a fault of ours, wherever the thread happened to be.
-// - Recovering means: RIP = the instruction's recovery label, r10 = si_addr, r11 = the signal.
+// - It recovers only from kernel-generated faults (si_code > 0) whose RIP is an instruction
+//   listed in a fault table: the table of the object this file is linked into, read directly,
+//   or one registered by another object (register_fault_table). A signal sent with
+//   kill/sigqueue/tgkill (si_code <= 0) is never a fault of ours, wherever the thread was.
+// - Recovering means: RIP = the entry's recovery address, r10 = si_addr, r11 = the signal.
 //   The fault details travel in the interrupted context's registers, so the handler writes no
 //   memory but the kernel's ucontext: no TLS slot, no lock, no allocation.
 // - Anything else goes to the action installed before guestmem's: its sa_sigaction (with
@@ -18,12 +20,16 @@
 //   itself forces the default action then), so it is treated as SIG_DFL.
 //
 // Everything the handler calls is async-signal-safe: sigaction(2) and raise(3) (POSIX lists
-// both) and reads of data written before the handler was installed.
+// both), reads of data written before the handler was installed, and acquire loads of the
+// registered tables, each published before the count that makes it visible.
+#include <dlfcn.h>
 #include <signal.h>
 #include <ucontext.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 
@@ -34,22 +40,7 @@ namespace detail {
 
 std::atomic<bool> fault_handler_ready{false};
 
-namespace {
-
-// One entry per instruction of the primitives that may fault: offsets from
-// guestmem_fault_text_begin of the instruction and of its recovery label.
-struct FaultTableEntry {
-  std::int32_t instruction;
-  std::int32_t recovery;
-};
-
-}  // namespace
-
 extern "C" {
-[[gnu::visibility("hidden")]] extern const std::uint8_t guestmem_fault_text_begin[];
-[[gnu::visibility("hidden")]] extern const std::uint8_t guestmem_fault_text_end[];
-[[gnu::visibility("hidden")]] extern const FaultTableEntry guestmem_fault_table[];
-[[gnu::visibility("hidden")]] extern const FaultTableEntry guestmem_fault_table_end[];
 [[gnu::visibility("hidden")]] extern std::uint8_t guestmem_fault_copy_avx2;
 }
 
@@ -63,30 +54,76 @@ struct sigaction previous_bus;
 // The result of the one installation attempt: 0 = success, otherwise the errno.
 int install_errno = 0;
 
-// The fixup function: if `rip` is a listed instruction of the primitives, moves the context
-// to its recovery label with the fault's details in r10 and r11 and returns true.
-bool fixup(ucontext_t& context, const siginfo_t& info, int signal) noexcept {
-  greg_t* registers = context.uc_mcontext.gregs;
-  const auto rip = static_cast<std::uintptr_t>(registers[REG_RIP]);
-  const auto begin = reinterpret_cast<std::uintptr_t>(guestmem_fault_text_begin);
-  const auto end = reinterpret_cast<std::uintptr_t>(guestmem_fault_text_end);
-  if (rip < begin || rip >= end) {
-    return false;
-  }
-  const auto offset = static_cast<std::int32_t>(rip - begin);
-  // SAFETY: the table is read-only data of this library, bounded by its two symbols.
-  for (const FaultTableEntry* entry = guestmem_fault_table; entry != guestmem_fault_table_end;
-       ++entry) {
-    if (entry->instruction == offset) {
-      // SAFETY: the kernel's ucontext of the interrupted thread; the recovery code reads r10
-      // and r11 and needs no other register changed.
-      registers[REG_RIP] = static_cast<greg_t>(begin + static_cast<std::uintptr_t>(entry->recovery));
-      registers[REG_R10] = static_cast<greg_t>(reinterpret_cast<std::uintptr_t>(info.si_addr));
-      registers[REG_R11] = signal;
-      return true;
+// The tables of the other objects that contain entries (register_fault_table): the first
+// `registered_count` slots are filled, each before the count that covers it is published, and
+// never change after. Constant-initialised, so registration works before this object's own
+// static initialisers have run.
+constexpr std::size_t kMaxRegisteredTables = 64;
+struct RegisteredTable {
+  std::atomic<const FaultTableEntry*> begin{nullptr};
+  std::atomic<const FaultTableEntry*> end{nullptr};
+};
+constinit std::array<RegisteredTable, kMaxRegisteredTables> registered_tables;
+constinit std::atomic<std::size_t> registered_count{0};
+constinit std::mutex registration_mutex;
+
+// The entry for the instruction at `rip` in [begin, end), or null. A linear search: it runs
+// only for a fault, and a table holds one entry per faulting instruction emitted.
+const FaultTableEntry* find_entry(const FaultTableEntry* begin, const FaultTableEntry* end,
+                                  std::uintptr_t rip) noexcept {
+  // SAFETY: [begin, end) is a whole fault table of an object that stays loaded (this one, or
+  // one pinned by register_fault_table), in read-only data.
+  for (const FaultTableEntry* entry = begin; entry != end; ++entry) {
+    if (fault_table_target(entry->instruction) == rip) {
+      return entry;
     }
   }
-  return false;
+  return nullptr;
+}
+
+const FaultTableEntry* find_entry(std::uintptr_t rip) noexcept {
+  if (const FaultTableEntry* entry = find_entry(fault_table_begin, fault_table_end, rip)) {
+    return entry;
+  }
+  const std::size_t count = registered_count.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < count; ++i) {
+    const RegisteredTable& table = registered_tables[i];
+    const FaultTableEntry* entry = find_entry(table.begin.load(std::memory_order_relaxed),
+                                              table.end.load(std::memory_order_relaxed), rip);
+    if (entry != nullptr) {
+      return entry;
+    }
+  }
+  return nullptr;
+}
+
+// The fixup function: if `rip` is a listed instruction, moves the context to its recovery
+// address with the fault's details in r10 and r11 and returns true.
+bool fixup(ucontext_t& context, const siginfo_t& info, int signal) noexcept {
+  greg_t* registers = context.uc_mcontext.gregs;
+  const FaultTableEntry* entry = find_entry(static_cast<std::uintptr_t>(registers[REG_RIP]));
+  if (entry == nullptr) {
+    return false;
+  }
+  // SAFETY: the kernel's ucontext of the interrupted thread; the code at the recovery address
+  // reads r10 and r11 and needs no other register changed.
+  registers[REG_RIP] = static_cast<greg_t>(fault_table_target(entry->recovery));
+  registers[REG_R10] = static_cast<greg_t>(reinterpret_cast<std::uintptr_t>(info.si_addr));
+  registers[REG_R11] = signal;
+  return true;
+}
+
+// Keeps the object that contains `address` loaded until the process exits: a later dlclose
+// leaves it mapped. For the executable the dlopen finds nothing or the executable itself,
+// which is never unloaded anyway.
+void pin_object_containing(const void* address) noexcept {
+  Dl_info object = {};
+  if (dladdr(address, &object) == 0 || object.dli_fname == nullptr) {
+    return;
+  }
+  if (void* handle = dlopen(object.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE)) {
+    dlclose(handle);
+  }
 }
 
 // Hands a signal that is not a recoverable fault to the action installed before guestmem's.
@@ -148,6 +185,26 @@ int install_once() noexcept {
 }
 
 }  // namespace
+
+bool register_fault_table(const FaultTableEntry* begin, const FaultTableEntry* end) noexcept {
+  if (begin == end || begin == fault_table_begin) {
+    return true;
+  }
+  const std::lock_guard lock(registration_mutex);
+  const std::size_t count = registered_count.load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (registered_tables[i].begin.load(std::memory_order_relaxed) == begin) {
+      return true;
+    }
+  }
+  GUESTMEM_ASSERT(count < kMaxRegisteredTables,
+                  "too many objects with guestmem fault tables (raise kMaxRegisteredTables)");
+  pin_object_containing(begin);
+  registered_tables[count].begin.store(begin, std::memory_order_relaxed);
+  registered_tables[count].end.store(end, std::memory_order_relaxed);
+  registered_count.store(count + 1, std::memory_order_release);
+  return true;
+}
 
 void require_fault_handler_slow() noexcept {
   GUESTMEM_ASSERT(install_fault_handler().has_value(),

@@ -1,27 +1,29 @@
-// guestmem: fault-tolerant memory primitives for x86-64 (Linux, System V ABI).
+// guestmem: fault-tolerant copy and fill for x86-64 (Linux, System V ABI).
 //
 // Every instruction here that touches caller memory may fault: SIGSEGV for an unmapped or
 // protected page, SIGBUS for a page past the end of a truncated file. Each such instruction
-// has a label and a recovery label, recorded as a pair in guestmem_fault_table by the
-// `may_fault` macro. The one fixup function (fault_handler.cpp) looks the faulting RIP up in
-// that table, moves RIP to the recovery label and puts the fault's details in r10 and r11.
-// The fast path therefore costs nothing: no system call, no setjmp, no registration.
+// has a label and a recovery label, recorded as a pair in the fault table (section
+// guestmem_extable) by the `may_fault` macro. The one fixup function (fault_handler.cpp)
+// looks the faulting RIP up in the table, moves RIP to the recovery label and puts the fault's
+// details in r10 and r11. The fast path therefore costs nothing: no system call, no setjmp,
+// no registration. The single loads, stores and compare-exchanges are not here: they are
+// inline assembly (include/guestmem/detail/fault_x86_64.hpp) with entries in the same table.
 //
-// Bulk routines return the number of bytes NOT done (0 when everything was done). A fault in
+// Both routines return the number of bytes NOT done (0 when everything was done). A fault in
 // an instruction that moves more than one byte recovers into a byte-at-a-time loop that
 // restarts at the first byte not known to be done, so the final fault, and the count, are
 // exact to the byte. The byte loop never stops early without a fault: a page that became
 // accessible again since the first fault is simply copied.
 //
 // Registers
-//   reg  | copy                      | fill                      | load_uN     | store_uN    | cmpxchg_uN                | xchg_uN
-//   rdi  | in: dst; advanced by rep  | in: dst; advanced by rep  | in: src     | in: dst     | in: dst                   | in: dst
-//   rsi  | in: src; advanced by rep  | in: byte value (sil)      | in: fault*  | in: value   | in: expected              | in: value
-//   rdx  | in: len                   | in: len                   | out: left   | in: fault*  | in: desired; out: left    | in: fault*; out: left
-//   rcx  | in: fault*; rep counter   | in: fault*; rep counter   |             |             | in: fault*                |
-//   rax  | scratch; out: left        | byte pattern; out: left   | out: value  | out: left   | expected; out: old value  | value; out: old value
-//   r8   | fault* (kept)             | fault* (kept)             |             |             |
-//   r9   | restart offset: every byte before it is done      |             |             |
+//   reg  | copy                      | fill
+//   rdi  | in: dst; advanced by rep  | in: dst; advanced by rep
+//   rsi  | in: src; advanced by rep  | in: byte value (sil)
+//   rdx  | in: len                   | in: len
+//   rcx  | in: fault*; rep counter   | in: fault*; rep counter
+//   rax  | scratch; out: left        | byte pattern; out: left
+//   r8   | fault* (kept)             | fault* (kept)
+//   r9   | restart offset: every byte before it is done
 //   r10  | at a recovery label: the faulting address (si_addr), written by the fixup function
 //   r11  | at a recovery label: the signal number (SIGSEGV or SIGBUS), written by the fixup function
 //   ymm0-3, xmm0-1 | copy data (vzeroupper before every return that follows AVX use)
@@ -38,11 +40,15 @@
 // 128-byte AVX2 blocks when the CPU has AVX2 (rep movsb starts up slowly below a few KiB).
         .set COPY_REP_MIN, 32768
 
-// Records that the instruction at label \at may fault and resumes at label \to if it does.
+// Records that the instruction at label \at may fault and resumes at label \to if it does:
+// an entry of two offsets, each from its own address (guestmem::detail::FaultTableEntry). The
+// flags are those of the inline entries (detail/fault_x86_64.hpp): allocated, and linked to
+// the code's section so that a linker that collects unused sections keeps the two together.
         .macro may_fault at:req, to:req
-        .pushsection .rodata.guestmem_fault_table, "a", @progbits
-        .long \at - guestmem_fault_text_begin
-        .long \to - guestmem_fault_text_begin
+        .pushsection guestmem_extable, "ao", @progbits, \at
+        .balign 4
+        .long   \at - .
+        .long   \to - .
         .popsection
         .endm
 
@@ -52,13 +58,6 @@
         mov     dword ptr [\record + 8], r11d
         .endm
 
-        .pushsection .rodata.guestmem_fault_table, "a", @progbits
-        .balign 4
-        .globl  guestmem_fault_table
-        .hidden guestmem_fault_table
-guestmem_fault_table:
-        .popsection
-
         .bss
         .globl  guestmem_fault_copy_avx2
         .hidden guestmem_fault_copy_avx2
@@ -67,9 +66,6 @@ guestmem_fault_copy_avx2:
         .byte   0
 
         .section .text.guestmem_fault, "ax", @progbits
-        .globl  guestmem_fault_text_begin
-        .hidden guestmem_fault_text_begin
-guestmem_fault_text_begin:
 
 // size_t guestmem_fault_copy(void* dst, const void* src, size_t len, RawFault* fault)
 // Copies len bytes forward. A copy of 1, 2, 4 or 8 bytes is one load and one store.
@@ -337,129 +333,5 @@ guestmem_fault_fill:
         ret
         .cfi_endproc
         .size   guestmem_fault_fill, . - guestmem_fault_fill
-
-// RawLoad guestmem_fault_load_uN(const void* src, RawFault* fault)
-// One load of N bits, zero-extended into rax; rdx = bytes not loaded (0, or N / 8 after a
-// fault, when rax is 0).
-        .macro define_load bits:req, bytes:req, insn:req
-        .balign 16
-        .globl  guestmem_fault_load_u\bits
-        .type   guestmem_fault_load_u\bits, @function
-guestmem_fault_load_u\bits:
-        .cfi_startproc
-        xor     edx, edx
-.Lload\bits\()_i:
-        \insn
-        may_fault .Lload\bits\()_i, .Lload\bits\()_fault
-        ret
-.Lload\bits\()_fault:
-        record_fault rsi
-        xor     eax, eax
-        mov     edx, \bytes
-        ret
-        .cfi_endproc
-        .size   guestmem_fault_load_u\bits, . - guestmem_fault_load_u\bits
-        .endm
-
-        define_load 8, 1, "movzx eax, byte ptr [rdi]"
-        define_load 16, 2, "movzx eax, word ptr [rdi]"
-        define_load 32, 4, "mov eax, dword ptr [rdi]"
-        define_load 64, 8, "mov rax, qword ptr [rdi]"
-
-// size_t guestmem_fault_store_uN(void* dst, uint64_t value, RawFault* fault)
-// One store of the low N bits of value; returns bytes not stored (0, or N / 8).
-        .macro define_store bits:req, bytes:req, insn:req
-        .balign 16
-        .globl  guestmem_fault_store_u\bits
-        .type   guestmem_fault_store_u\bits, @function
-guestmem_fault_store_u\bits:
-        .cfi_startproc
-.Lstore\bits\()_i:
-        \insn
-        may_fault .Lstore\bits\()_i, .Lstore\bits\()_fault
-        xor     eax, eax
-        ret
-.Lstore\bits\()_fault:
-        record_fault rdx
-        mov     eax, \bytes
-        ret
-        .cfi_endproc
-        .size   guestmem_fault_store_u\bits, . - guestmem_fault_store_u\bits
-        .endm
-
-        define_store 8, 1, "mov byte ptr [rdi], sil"
-        define_store 16, 2, "mov word ptr [rdi], si"
-        define_store 32, 4, "mov dword ptr [rdi], esi"
-        define_store 64, 8, "mov qword ptr [rdi], rsi"
-
-// RawLoad guestmem_fault_cmpxchg_uN(void* dst, uint64_t expected, uint64_t desired,
-//                                  RawFault* fault)
-// One `lock cmpxchg` of N bits (sequentially consistent): rax = the value found (the
-// exchange happened iff its low N bits equal expected's); rdx = bytes not done (0, or N / 8
-// after a fault).
-        .macro define_cmpxchg bits:req, bytes:req, insn:req
-        .balign 16
-        .globl  guestmem_fault_cmpxchg_u\bits
-        .type   guestmem_fault_cmpxchg_u\bits, @function
-guestmem_fault_cmpxchg_u\bits:
-        .cfi_startproc
-        mov     rax, rsi
-.Lcmpxchg\bits\()_i:
-        \insn
-        may_fault .Lcmpxchg\bits\()_i, .Lcmpxchg\bits\()_fault
-        xor     edx, edx
-        ret
-.Lcmpxchg\bits\()_fault:
-        record_fault rcx
-        xor     eax, eax
-        mov     edx, \bytes
-        ret
-        .cfi_endproc
-        .size   guestmem_fault_cmpxchg_u\bits, . - guestmem_fault_cmpxchg_u\bits
-        .endm
-
-        define_cmpxchg 8, 1, "lock cmpxchg byte ptr [rdi], dl"
-        define_cmpxchg 16, 2, "lock cmpxchg word ptr [rdi], dx"
-        define_cmpxchg 32, 4, "lock cmpxchg dword ptr [rdi], edx"
-        define_cmpxchg 64, 8, "lock cmpxchg qword ptr [rdi], rdx"
-
-// RawLoad guestmem_fault_xchg_uN(void* dst, uint64_t value, RawFault* fault)
-// One `xchg` of N bits with memory (implicitly locked: a sequentially consistent store): rax =
-// the value replaced; rdx = bytes not done (0, or N / 8 after a fault, when nothing was stored).
-        .macro define_xchg bits:req, bytes:req, insn:req
-        .balign 16
-        .globl  guestmem_fault_xchg_u\bits
-        .type   guestmem_fault_xchg_u\bits, @function
-guestmem_fault_xchg_u\bits:
-        .cfi_startproc
-        mov     rax, rsi
-.Lxchg\bits\()_i:
-        \insn
-        may_fault .Lxchg\bits\()_i, .Lxchg\bits\()_fault
-        xor     edx, edx
-        ret
-.Lxchg\bits\()_fault:
-        record_fault rdx
-        xor     eax, eax
-        mov     edx, \bytes
-        ret
-        .cfi_endproc
-        .size   guestmem_fault_xchg_u\bits, . - guestmem_fault_xchg_u\bits
-        .endm
-
-        define_xchg 8, 1, "xchg byte ptr [rdi], al"
-        define_xchg 16, 2, "xchg word ptr [rdi], ax"
-        define_xchg 32, 4, "xchg dword ptr [rdi], eax"
-        define_xchg 64, 8, "xchg qword ptr [rdi], rax"
-
-        .globl  guestmem_fault_text_end
-        .hidden guestmem_fault_text_end
-guestmem_fault_text_end:
-
-        .pushsection .rodata.guestmem_fault_table, "a", @progbits
-        .globl  guestmem_fault_table_end
-        .hidden guestmem_fault_table_end
-guestmem_fault_table_end:
-        .popsection
 
         .section .note.GNU-stack, "", @progbits
