@@ -39,6 +39,7 @@
 
 #include "guestmem/bitmap.hpp"
 #include "guestmem/byte_valued.hpp"
+#include "guestmem/detail/copy.hpp"
 #include "guestmem/error.hpp"
 #include "guestmem/fd.hpp"
 #include "guestmem/permissions.hpp"
@@ -227,13 +228,6 @@ class Mapping {
 /// Checks that the file `fd` holds [start, start + size) when its size is known (regular
 /// files, memfds, block devices). Errors: InvalidOffsetLength, MappingPastEof.
 [[nodiscard]] Result<void> check_file_range(int fd, std::uint64_t start, std::size_t size);
-
-/// The unsigned integer of `N` bytes (1, 2, 4 or 8).
-template <std::size_t N>
-using UintOfSize = std::conditional_t<
-    N == 1, std::uint8_t,
-    std::conditional_t<N == 2, std::uint16_t,
-                       std::conditional_t<N == 4, std::uint32_t, std::uint64_t>>>;
 
 /// One store of `value` that the compiler neither drops, merges nor splits, and that other
 /// threads see whole (a relaxed atomic store through a volatile pointer).

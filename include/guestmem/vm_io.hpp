@@ -80,13 +80,6 @@ class VmWriter;
 
 namespace detail {
 
-/// The unsigned integer of `N` bytes.
-template <std::size_t N>
-using UintOfSize = std::conditional_t<
-    N == 1, std::uint8_t,
-    std::conditional_t<N == 2, std::uint16_t,
-                       std::conditional_t<N == 4, std::uint32_t, std::uint64_t>>>;
-
 template <class U>
 inline void copy_one(std::uint8_t* dst, const std::uint8_t* src) noexcept {
   if (is_aligned(dst, sizeof(U)) && is_aligned(src, sizeof(U))) {

@@ -17,12 +17,20 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <type_traits>
 #include <utility>
 
 #include "guestmem/byte_valued.hpp"
 #include "guestmem/detail/config.hpp"
 
 namespace guestmem::detail {
+
+/// The unsigned integer of `N` bytes (1, 2, 4 or 8).
+template <std::size_t N>
+using UintOfSize = std::conditional_t<
+    N == 1, std::uint8_t,
+    std::conditional_t<N == 2, std::uint16_t,
+                       std::conditional_t<N == 4, std::uint32_t, std::uint64_t>>>;
 
 [[nodiscard]] inline bool is_aligned(const void* pointer, std::size_t alignment) noexcept {
   return (reinterpret_cast<std::uintptr_t>(pointer) & (alignment - 1)) == 0;
