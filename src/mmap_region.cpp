@@ -295,6 +295,11 @@ Result<void> check_file_range(int fd, std::uint64_t start, std::size_t size) {
 }
 
 Result<Mapping> Mapping::create(const Options& options) {
+  // Every path refuses an empty mapping, as mmap does: a region's last address is its start
+  // plus size minus one, and a region of no bytes would make that the byte before it.
+  if (options.size == 0) {
+    return std::unexpected(Error::mapping_failed(EINVAL, 0));
+  }
   const bool placed = options.alignment != 0 || options.guard_pages_before != 0 ||
                       options.guard_pages_after != 0;
   if (options.external != nullptr) {
@@ -320,9 +325,6 @@ Result<Mapping> Mapping::create(const Options& options) {
       return std::unexpected(
           Error::at(ErrorCode::InvalidPointer, reinterpret_cast<std::uintptr_t>(options.fixed)));
     }
-  }
-  if (options.size == 0) {
-    return std::unexpected(Error::mapping_failed(EINVAL, 0));
   }
   if (options.alignment != 0 && !std::has_single_bit(options.alignment)) {
     return std::unexpected(Error::at(ErrorCode::InvalidAlignment, 0, options.alignment));

@@ -808,6 +808,59 @@ TEST(GuestMemoryMmapDirty, EveryWritePathReportsExactlyTheBytesItWrote) {
   }
 }
 
+// A source that copies part of what it was offered and then fails, as read(2) may with EFAULT,
+// or claims more than it was offered: its bytes are in guest memory but the call returned no
+// count, so every byte it was offered is reported.
+struct WritesThenFails {
+  std::size_t written = 0;
+  bool lie = false;
+  Result<std::size_t> read_volatile(const VolatileSlice<>& dst) {
+    const auto data = pattern(dst.size());
+    written = dst.copy_from(std::span(data).first(dst.size() / 2));
+    if (lie) {
+      return dst.size() + 1;
+    }
+    return std::unexpected(Error::io(EFAULT));
+  }
+};
+
+TEST(GuestMemoryMmapDirty, ASourceThatFailsOrLiesMarksEverythingItWasOffered) {
+  auto built = GuestMemoryMmap<RecordingBitmap>::from_ranges(
+      {{GuestAddress{0}, 0x1000}, {GuestAddress{0x1000}, 0x1000}});
+  ASSERT_TRUE(built.has_value());
+  auto& mem = *built;
+  auto marks = [&](std::size_t i) { return mem.region_ptrs()[i]->bitmap().take(); };
+
+  WritesThenFails fails;
+  EXPECT_EQ(mem.read_volatile_from(GuestAddress{0x100}, fails, 0x40).error(), Error::io(EFAULT));
+  EXPECT_EQ(fails.written, 0x20u);
+  EXPECT_EQ(marks(0), (Marks{{0x100, 0x40}})) << "one piece";
+
+  EXPECT_EQ(mem.read_volatile_from(GuestAddress{0xfe0}, fails, 0x40).error(), Error::io(EFAULT));
+  EXPECT_EQ(marks(0), (Marks{{0xfe0, 0x20}})) << "the first piece of two, where the call failed";
+  EXPECT_EQ(marks(1), Marks{}) << "the source was never offered the second piece";
+
+  WritesThenFails liar{.lie = true};
+  EXPECT_EQ(mem.read_volatile_from(GuestAddress{0x200}, liar, 0x40).error().code(),
+            ErrorCode::CallbackOutOfRange);
+  EXPECT_EQ(marks(0), (Marks{{0x200, 0x40}}));
+  EXPECT_EQ(mem.read_exact_volatile_from(GuestAddress{0xff0}, liar, 0x40).error().code(),
+            ErrorCode::CallbackOutOfRange);
+  EXPECT_EQ(marks(0), (Marks{{0xff0, 0x10}}));
+  EXPECT_EQ(marks(1), Marks{});
+
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  UniqueFd read_end{pipe_fds[0]};
+  UniqueFd write_end{pipe_fds[1]};
+  ASSERT_EQ(::fcntl(read_end.get(), F_SETFL, O_NONBLOCK), 0);
+  BorrowedFd empty_pipe{read_end};
+  EXPECT_EQ(mem.read_volatile_from(GuestAddress{0xfe0}, empty_pipe, 0x40).error(),
+            Error::io(EAGAIN));
+  EXPECT_EQ(marks(0), (Marks{{0xfe0, 0x20}})) << "a failed readv marks both pieces it was offered";
+  EXPECT_EQ(marks(1), (Marks{{0, 0x20}}));
+}
+
 // ---------------------------------------------------------------- races
 
 // The racing-writer test of seed 002: an object whose first member (of type T) ends exactly

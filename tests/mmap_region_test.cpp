@@ -110,6 +110,10 @@ TEST(MmapRegion, ExternalMappingIsNotUnmapped) {
     ASSERT_TRUE(r->as_volatile_slice().write_obj(std::uint8_t{0x5a}, 0x1fff).has_value());
   }
   EXPECT_EQ(base[0x1fff], 0x5a) << "still mapped after the region is gone";
+  // An empty region of someone else's memory is refused like an empty mmap: its last address
+  // would be the byte before its start.
+  EXPECT_EQ(MmapRegionBuilder<>(0).unsafe_with_raw_mmap_pointer(base).build().error(),
+            Error::mapping_failed(EINVAL, 0));
   auto misaligned = MmapRegionBuilder<>(0x1000).unsafe_with_raw_mmap_pointer(base + 1).build();
   EXPECT_EQ(misaligned.error(),
             Error::at(ErrorCode::InvalidPointer, reinterpret_cast<std::uintptr_t>(base + 1)));

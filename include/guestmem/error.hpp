@@ -97,7 +97,8 @@ enum class ErrorCode : std::uint8_t {
   MemoryRegionOverlap,
   /// Regions were given out of address order.
   UnsortedMemoryRegions,
-  /// A region is empty or ends past the top of the guest address space.
+  /// A region would end past the top of the guest address space, or remove_region found no
+  /// region with that base and size. (An empty mapping is MappingFailed with EINVAL.)
   InvalidGuestRegion,
   /// mmap failed.
   MappingFailed,

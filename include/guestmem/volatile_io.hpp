@@ -13,7 +13,8 @@
 //   `CallbackOutOfRange`.
 // - Retry EINTR; report other failures as `Error::io(errno)`.
 // - Views passed in carry no dirty bitmap: the caller marks the bytes you report, so an
-//   implementation never has to remember to.
+//   implementation never has to remember to. A call that fails or claims more than it was
+//   offered may have written any of the bytes offered, so the caller marks all of them.
 // - Write into a view only through its methods or through `unsafe_host_ptr()` for a system
 //   call; never keep the pointer after returning.
 //

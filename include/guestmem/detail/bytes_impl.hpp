@@ -407,6 +407,16 @@ class BytesMixin {
     return done;
   }
 
+  // Reports to `piece`'s bitmap what a call into a source wrote there: the bytes it returned,
+  // or every byte of the piece when it failed or claimed more than it was offered. Such a call
+  // may have written anywhere in what it was offered (read(2) can fail with EFAULT after
+  // copying some bytes), and a page reported dirty too many costs a migration one copy where a
+  // page too few corrupts the destination.
+  template <class Slice>
+  static void mark_written(const Slice& piece, const Result<std::size_t>& moved) {
+    piece.bitmap().mark_dirty(0, moved && *moved <= piece.size() ? *moved : piece.size());
+  }
+
   template <Direction kDir, class Io, class View>
   GUESTMEM_ALWAYS_INLINE static Result<std::size_t> transfer_one(Io& io, const View& view) {
     if constexpr (kDir == Direction::kIn) {
@@ -434,6 +444,9 @@ class BytesMixin {
         }
         return *moved;
       }
+      if constexpr (kDir == Direction::kIn) {
+        mark_written(*piece, moved);
+      }
       return std::unexpected(moved ? Error::callback_out_of_range(count, *moved) : moved.error());
     }
     return transfer_slow<kDir>(addr, io, count);
@@ -457,12 +470,12 @@ class BytesMixin {
       return for_each_slice(addr, count, kAccess,
                             [&](const auto& slice, std::size_t) -> Result<std::size_t> {
                               auto moved = transfer_one<kDir>(io, untracked(slice));
+                              if constexpr (kDir == Direction::kIn) {
+                                mark_written(slice, moved);
+                              }
                               if (moved && *moved > slice.size()) {
                                 return std::unexpected(
                                     Error::callback_out_of_range(slice.size(), *moved));
-                              }
-                              if (moved && kDir == Direction::kIn) {
-                                slice.bitmap().mark_dirty(0, *moved);
                               }
                               return moved;
                             });
@@ -506,19 +519,21 @@ class BytesMixin {
         break;
       }
       auto moved = call(std::span<const View>(views.data(), used));
-      if (!moved) {
-        return std::unexpected(moved.error().with_completed(done));
-      }
-      if (*moved > offered) {
-        return std::unexpected(Error::callback_out_of_range(offered, *moved).with_completed(done));
-      }
+      const bool lied = moved && *moved > offered;
       if constexpr (kMarks) {
-        std::size_t left = *moved;
+        // As mark_written does for one piece.
+        std::size_t left = moved && !lied ? *moved : offered;
         for (std::size_t i = 0; i < used && left > 0; ++i) {
           const std::size_t n = std::min(left, pieces[i]->size());
           pieces[i]->bitmap().mark_dirty(0, n);
           left -= n;
         }
+      }
+      if (!moved) {
+        return std::unexpected(moved.error().with_completed(done));
+      }
+      if (lied) {
+        return std::unexpected(Error::callback_out_of_range(offered, *moved).with_completed(done));
       }
       done += *moved;
       if (*moved < offered) {
