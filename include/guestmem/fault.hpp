@@ -171,7 +171,7 @@ inline FallibleOutcome fill_recovering(void* dst, std::uint8_t byte, std::size_t
 // The single accesses are inline on x86-64 (detail/fault_x86_64.hpp): one instruction, no call.
 
 template <AtomicAccess T>
-std::expected<T, FaultInfo> load_recovering(const void* src) noexcept {
+std::expected<T, FaultInfo> load_recovering([[maybe_unused]] const void* src) noexcept {
 #if defined(__x86_64__)
   using U = std::make_unsigned_t<T>;
   InlineFault fault;
@@ -187,7 +187,8 @@ std::expected<T, FaultInfo> load_recovering(const void* src) noexcept {
 }
 
 template <AtomicAccess T>
-std::expected<void, FaultInfo> store_recovering(void* dst, T value) noexcept {
+std::expected<void, FaultInfo> store_recovering([[maybe_unused]] void* dst,
+                                                [[maybe_unused]] T value) noexcept {
 #if defined(__x86_64__)
   InlineFault fault;
   // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
@@ -202,7 +203,8 @@ std::expected<void, FaultInfo> store_recovering(void* dst, T value) noexcept {
 }
 
 template <AtomicAccess T>
-std::expected<void, FaultInfo> store_seq_cst_recovering(void* dst, T value) noexcept {
+std::expected<void, FaultInfo> store_seq_cst_recovering([[maybe_unused]] void* dst,
+                                                        [[maybe_unused]] T value) noexcept {
 #if defined(__x86_64__)
   InlineFault fault;
   // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
@@ -217,8 +219,9 @@ std::expected<void, FaultInfo> store_seq_cst_recovering(void* dst, T value) noex
 }
 
 template <AtomicAccess T>
-std::expected<T, FaultInfo> compare_exchange_recovering(void* dst, T expected,
-                                                        T desired) noexcept {
+std::expected<T, FaultInfo> compare_exchange_recovering([[maybe_unused]] void* dst,
+                                                        [[maybe_unused]] T expected,
+                                                        [[maybe_unused]] T desired) noexcept {
 #if defined(__x86_64__)
   using U = std::make_unsigned_t<T>;
   InlineFault fault;
