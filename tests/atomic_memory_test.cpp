@@ -45,8 +45,21 @@ TEST(GuestMemoryAtomic, AGuardKeepsItsSnapshotAcrossReplace) {
     EXPECT_EQ(guard->value, 1);
   }
   // The last guard is gone; the next reclamation frees what was retired.
-  detail::epoch_reclaim();
+  GuestMemoryAtomic<Counted>::reclaim();
   EXPECT_EQ(Counted::alive.load(), before);
+}
+
+TEST(GuestMemoryAtomic, ReclaimFreesAMapReplacedUnderAGuard) {
+  const int before = Counted::alive.load();
+  GuestMemoryAtomic<Counted> space(Counted{1});
+  {
+    auto guard = space.memory();
+    space.lock().replace(Counted{2});
+  }
+  EXPECT_EQ(Counted::alive.load(), before + 2) << "replace() could not free what a guard saw";
+  space.reclaim();
+  EXPECT_EQ(Counted::alive.load(), before + 1) << "reclaim() did, once the guard was gone";
+  EXPECT_EQ(space.memory()->value, 2);
 }
 
 TEST(GuestMemoryAtomic, ReplacedMapsAreFreedOnceNoGuardSeesThem) {
@@ -55,7 +68,7 @@ TEST(GuestMemoryAtomic, ReplacedMapsAreFreedOnceNoGuardSeesThem) {
   for (int i = 1; i <= 100; ++i) {
     space.lock().replace(Counted{i});
   }
-  detail::epoch_reclaim();
+  space.reclaim();
   EXPECT_EQ(Counted::alive.load(), before + 1) << "only the current map is left";
   EXPECT_EQ(space.memory()->value, 100);
 }
@@ -114,19 +127,25 @@ TEST(GuestAddressSpace, DeviceCodeRunsOnEveryKind) {
 }
 
 // Two writers hot-plug regions in and out of the map while readers read through guards.
-// Every region holds its own base address in every 8-byte word, so a read returns the only
-// content it may (the region it comes from never changes), and a read from a region that
-// was already unmapped would crash (or be reported by ASan/TSan).
+// Every region instance holds its own tag in every 8-byte word: its slot and a number no
+// other instance has. A read must return the tag of a region at that slot, and all reads of
+// one slot through one guard the same instance's tag: the snapshot a guard holds never
+// changes, even while the writers replace the map, and a region it holds is never unmapped
+// and replaced by another (a read from an unmapped region would crash, or be reported by
+// ASan/TSan).
 TEST(GuestMemoryAtomicStress, HotPlugUnderReaders) {
   constexpr std::uint64_t kSlot = 0x10000;
   constexpr int kSlots = 8;
-  auto make_region = [](std::uint64_t base) {
+  constexpr unsigned kSlotBits = 16;
+  std::atomic<std::uint64_t> instances{0};
+  auto make_region = [&](std::uint64_t base) {
     auto mapping = MmapRegion<>::create(kSlot);
     EXPECT_TRUE(mapping.has_value());
     auto region = GuestRegionMmap<>::create(std::move(*mapping), GuestAddress{base});
     EXPECT_TRUE(region.has_value());
+    const std::uint64_t tag = ((instances.fetch_add(1) + 1) << kSlotBits) | (base / kSlot);
     for (std::uint64_t off = 0; off < kSlot; off += 8) {
-      EXPECT_TRUE(region->write_obj(base, MemoryRegionAddress{off}).has_value());
+      EXPECT_TRUE(region->write_obj(tag, MemoryRegionAddress{off}).has_value());
     }
     return std::make_shared<const GuestRegionMmap<>>(std::move(*region));
   };
@@ -165,13 +184,18 @@ TEST(GuestMemoryAtomicStress, HotPlugUnderReaders) {
       std::uint64_t count = 0;
       while (!stop.load(std::memory_order_relaxed)) {
         auto guard = space.memory();
+        std::array<std::uint64_t, kSlots> seen{};  // the tag read at each slot, 0 for none
         for (int i = 0; i < 64; ++i) {
-          const std::uint64_t base = (rng() % kSlots) * kSlot;
-          const GuestAddress addr{base + (rng() % (kSlot / 8)) * 8};
+          const std::uint64_t slot = rng() % kSlots;
+          const GuestAddress addr{slot * kSlot + (rng() % (kSlot / 8)) * 8};
           auto value = guard->read_obj<std::uint64_t>(addr);
           if (guard->address_in_range(addr)) {
             ASSERT_TRUE(value.has_value()) << to_string(addr);
-            ASSERT_EQ(*value, base) << to_string(addr);
+            ASSERT_EQ(*value & ((std::uint64_t{1} << kSlotBits) - 1), slot) << to_string(addr);
+            if (seen[slot] == 0) {
+              seen[slot] = *value;
+            }
+            ASSERT_EQ(*value, seen[slot]) << "one guard saw two instances at " << to_string(addr);
           } else {
             ASSERT_EQ(value.error(), Error::invalid_guest_address(addr));
           }

@@ -912,15 +912,17 @@ void NonAtomicAccessAtRegionJunction() {
     reads.store(count);
   });
   std::uint64_t writes = 0;
+  std::uint64_t failed_writes = 0;
   while (std::chrono::steady_clock::now() < deadline) {
     for (int i = 0; i < 1024; ++i) {
-      (void)mem->write_obj(data, data_start);
+      failed_writes += !mem->write_obj(data, data_start).has_value();
       data.val = static_cast<T>(~data.val);
       ++writes;
     }
   }
   done.store(true);
   reader.join();
+  EXPECT_EQ(failed_writes, 0u);
   EXPECT_EQ(torn.load(), 0u) << "after " << reads.load() << " reads and " << writes << " writes";
   EXPECT_GT(reads.load(), 0u);
 }

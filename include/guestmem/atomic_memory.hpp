@@ -77,7 +77,10 @@ class GuestMemoryAtomic {
   /// Publishes `map`.
   explicit GuestMemoryAtomic(M map) : state_(std::make_shared<State>(std::move(map))) {}
 
-  /// A snapshot of the current map. Never blocks.
+  /// A snapshot of the current map. Never waits for a writer or takes a lock. A thread's
+  /// first guard registers the thread once (a record from a list, allocated if none is free,
+  /// and at most one membarrier registration per process); running out of memory there
+  /// aborts.
   /// Validity: see GuestMemoryGuard.
   [[nodiscard]] GUESTMEM_ALWAYS_INLINE GuestMemoryGuard<M> memory() const noexcept {
     detail::EpochRecord* record = detail::epoch_enter();
@@ -91,7 +94,10 @@ class GuestMemoryAtomic {
     [[nodiscard]] GuestMemoryGuard<M> memory() const noexcept { return owner_->memory(); }
 
     /// Publishes `map`. Readers that already hold a guard keep seeing the old map; the old
-    /// map is destroyed once no guard can see it (maybe later, by another writer's call).
+    /// map is destroyed once no guard can see it (maybe later, by another writer's call or
+    /// reclaim()). Errors: none but std::bad_alloc when memory runs out: for the new map,
+    /// thrown before anything changes; for the old map's retirement record, after `map` is
+    /// published, and the old map is then never freed (never freed early).
     void replace(M map) {
       const M* old = owner_->state_->current.exchange(new M(std::move(map)),
                                                       std::memory_order_acq_rel);
@@ -110,6 +116,12 @@ class GuestMemoryAtomic {
   /// The single writer's handle; blocks while another writer holds one. Readers are never
   /// blocked by it.
   [[nodiscard]] Writer lock() const { return Writer(this); }
+
+  /// Destroys the maps replaced earlier (here or in any other GuestMemoryAtomic) that no guard
+  /// can see any more. replace() does this on its own, but a map replaced while a guard held
+  /// it waits for the next replace(): after a hot-unplug, call this once the guards of that
+  /// time are gone to unmap the removed region now. Blocks only other writers and reclaimers.
+  static void reclaim() { detail::epoch_reclaim(); }
 
  private:
   struct State {

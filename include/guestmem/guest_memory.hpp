@@ -184,12 +184,15 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   }
 
   /// The regions in address order, as `const region_type&`.
+  /// Validity: the view and the references it yields live as long as this collection (and
+  /// the regions as long as any collection or `region_ptrs()` copy sharing them).
   [[nodiscard]] auto regions() const noexcept {
     return std::views::transform(regions_, [](const RegionPtr& r) -> const region_type& { return *r; });
   }
   /// The same as regions(), under the reference API's name.
   [[nodiscard]] auto iter() const noexcept { return regions(); }
   /// The shared owners of the regions, in address order (for hot-plug and snapshots).
+  /// Validity: the span lives as long as this collection; a copied pointer keeps its region.
   [[nodiscard]] std::span<const RegionPtr> region_ptrs() const noexcept { return regions_; }
 
   /// The highest address in any region, or GuestAddress{0} when there are none.
@@ -197,7 +200,8 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return regions_.empty() ? GuestAddress{0} : regions_.back()->last_addr();
   }
 
-  /// The region holding `addr` and the offset of `addr` in it.
+  /// The region holding `addr` and the offset of `addr` in it. Validity of the pointer: as
+  /// find_region.
   [[nodiscard]] std::optional<std::pair<const region_type*, MemoryRegionAddress>> to_region_addr(
       GuestAddress addr) const noexcept {
     const std::size_t index = find_index(addr);

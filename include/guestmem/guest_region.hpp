@@ -48,6 +48,7 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
   }
 
   /// The mapping behind the region (prot, flags, owned, fds_overlap, unsafe_host_ptr, ...).
+  /// Validity: as long as the region.
   [[nodiscard]] const MmapRegion<B>& mapping() const noexcept { return mapping_; }
 
   /// The size of the region in bytes (at least 1).
@@ -114,11 +115,14 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
   }
 
   /// The file and offset behind the region, or nullptr for anonymous memory.
+  /// Validity: as long as the region.
   [[nodiscard]] const FileOffset* file_offset() const noexcept { return mapping_.file_offset(); }
   /// Whether the region is backed by hugetlbfs; std::nullopt when unknown.
   [[nodiscard]] std::optional<bool> is_hugetlbfs() const noexcept {
     return mapping_.is_hugetlbfs();
   }
+  /// The region's dirty bitmap (offsets from the region's start). Validity: as long as the
+  /// region.
   [[nodiscard]] const B& bitmap() const noexcept { return mapping_.bitmap(); }
 
  private:

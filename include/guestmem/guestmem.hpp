@@ -56,7 +56,11 @@ static_assert(Bytes<VolatileSlice<>, std::size_t>);
 static_assert(GuestMemoryRegion<GuestRegionMmap<>>);
 static_assert(GuestMemoryBackend<GuestMemoryMmap<>>);
 static_assert(GuestMemory<GuestMemoryMmap<>>);
+static_assert(GuestMemoryRegion<GuestRegionMmap<AtomicBitmap>>);
+static_assert(GuestMemoryBackend<GuestMemoryMmap<AtomicBitmap>>);
 static_assert(GuestMemory<GuestMemoryMmap<AtomicBitmap>>);
+static_assert(GuestAddressSpace<GuestMemoryAtomic<GuestMemoryMmap<AtomicBitmap>>>);
+static_assert(GuestMemory<IommuMemory<GuestMemoryMmap<AtomicBitmap>, AtomicBitmap>>);
 static_assert(GuestAddressSpace<GuestMemoryAtomic<GuestMemoryMmap<>>>);
 static_assert(GuestAddressSpace<SharedAddressSpace<GuestMemoryMmap<>>>);
 static_assert(GuestAddressSpace<RefAddressSpace<GuestMemoryMmap<>>>);
@@ -65,6 +69,8 @@ static_assert(VmIo<VolatileSlice<>, std::size_t> && VmIoOnce<VolatileSlice<>, st
 static_assert(VmIo<GuestRegionMmap<>, MemoryRegionAddress> &&
               VmIoOnce<GuestRegionMmap<>, MemoryRegionAddress>);
 static_assert(VmIo<GuestMemoryMmap<>, GuestAddress> && VmIoOnce<GuestMemoryMmap<>, GuestAddress>);
+static_assert(VmIo<GuestMemoryMmap<AtomicBitmap>, GuestAddress> &&
+              VmIoOnce<GuestMemoryMmap<AtomicBitmap>, GuestAddress>);
 static_assert(MappedRegion<MmapRegion<>> && MappedRegion<MappingArena> &&
               MappedRegion<ExternalMapping>);
 

@@ -63,6 +63,7 @@ class FileOffset {
   [[nodiscard]] const UniqueFd& file() const noexcept { return *file_; }
   /// The shared owner of the file.
   [[nodiscard]] const std::shared_ptr<const UniqueFd>& arc() const noexcept { return file_; }
+  /// The descriptor number. Validity: as file(); never close it (the FileOffset owns it).
   [[nodiscard]] int fd() const noexcept { return file_->get(); }
   /// The offset in the file where the mapping starts.
   [[nodiscard]] std::uint64_t start() const noexcept { return start_; }

@@ -117,6 +117,7 @@ inline void zero_infallible(std::uint8_t* dst, std::size_t len) noexcept {
     store_relaxed<std::uint8_t>(dst + i, 0);
   }
 #else
+  // SAFETY: the caller guarantees `dst` is valid for `len` bytes (the precondition).
   std::memset(dst, 0, len);
 #endif
 }

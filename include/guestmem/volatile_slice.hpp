@@ -140,6 +140,7 @@ class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t>,
     if (count > size_) {
       return std::unexpected(Error::out_of_bounds(count, 0, size_));
     }
+    // SAFETY: count <= size_, so [count, size_) lies inside this view.
     return VolatileSlice(addr_ + count, size_ - count, bitmap_.slice_at(count));
   }
 
@@ -161,6 +162,7 @@ class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t>,
     if (!tail) {
       return std::unexpected(tail.error());
     }
+    // SAFETY: offset(mid) checked mid <= size_, so [0, mid) lies inside this view.
     return std::pair{VolatileSlice(addr_, mid, bitmap_), *tail};
   }
 
@@ -315,6 +317,7 @@ class VolatileRef {
 
   /// The same bytes as a slice.
   [[nodiscard]] VolatileSlice<S> to_slice() const noexcept {
+    // SAFETY: the view covers sizeof(T) valid bytes (from_raw_parts precondition).
     return VolatileSlice<S>::from_raw_parts(addr_, sizeof(T), bitmap_);
   }
 
@@ -388,6 +391,7 @@ class VolatileArrayRef {
 
   /// The same bytes as a slice.
   [[nodiscard]] VolatileSlice<S> to_slice() const noexcept {
+    // SAFETY: the view covers count_ * sizeof(T) valid bytes (from_raw_parts precondition).
     return VolatileSlice<S>::from_raw_parts(addr_, count_ * sizeof(T), bitmap_);
   }
 

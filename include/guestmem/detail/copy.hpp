@@ -52,8 +52,11 @@ inline void store_relaxed(std::uint8_t* dst, U value) noexcept {
 // (GCC turns each fixed-size memcpy into one load and one store), for sizes only known at
 // run time. The chunks never overlap, so a later read of the destination with the same
 // chunking forwards from the stores instead of stalling.
+// Preconditions: both ranges are valid for `len` bytes and disjoint, and len <= kMax.
 template <std::size_t kMax>
 inline void copy_small(std::byte* dst, const std::byte* src, std::size_t len) noexcept {
+  // SAFETY (every copy below): the chunks partition [0, len) in increasing order, each ends
+  // at or before `len`, and both ranges are valid for `len` bytes (the preconditions).
   std::size_t i = 0;
   if constexpr (kMax >= 16) {
     for (; i + 16 <= len; i += 16) {
@@ -99,6 +102,7 @@ inline void copy_bytes(void* dst, const void* src, std::size_t len) noexcept {
     copy_small<kMax>(d, s, len);
   } else {
     asm("" : "+r"(len));  // hide the size from the optimizer: always the library memcpy
+    // SAFETY: as above.
     std::memcpy(d, s, len);
   }
 }

@@ -119,7 +119,7 @@ class FallibleMixin {
   }
 
   /// Atomically stores `value` at `addr` with memory order `order`, with one instruction
-  /// (and a fence for seq_cst), and reports it to the dirty bitmap.
+  /// (`mov`, or `xchg` for seq_cst), and reports it to the dirty bitmap.
   /// Errors: as try_load (nothing is stored or marked after a Fault).
   /// Preconditions: `order` is a store order.
   template <AtomicAccess T>
