@@ -437,40 +437,61 @@ TEST(GuestMemoryMmap, AddressQueries) {
   EXPECT_EQ(mem.physical_memory(), &mem);
 }
 
+// Region counts around the index's bucket counts (powers of two, twice the regions), in three
+// layouts: spread out, with adjacent regions and holes; skewed, every region but the last in
+// the index's first bucket, so that lookups there search all of them; and regions at the top
+// of the address space.
+enum class Spread { Even, Skewed, Top };
+
+void FindRegionAgreesWithALinearScan(Spread layout, int regions) {
+  SCOPED_TRACE(::testing::Message() << "layout " << static_cast<int>(layout) << ", " << regions
+                                    << " regions");
+  std::vector<std::pair<GuestAddress, std::size_t>> ranges;
+  std::mt19937_64 rng(static_cast<std::uint64_t>(regions));
+  std::uint64_t next = layout == Spread::Top ? kTop - 0x8000 * static_cast<std::uint64_t>(regions)
+                                             : rng() % 0x10000;
+  for (int i = 0; i < regions; ++i) {
+    next += rng() % 3 == 0 ? 0 : (rng() % 0x3000);  // adjacent or a hole
+    const std::size_t size = 0x1000 * (1 + rng() % 4);
+    if (layout == Spread::Skewed && i == regions - 1 && regions > 1) {
+      next = std::uint64_t{1} << 62;
+    }
+    ranges.emplace_back(GuestAddress{next}, size);
+    next += size;
+  }
+  auto mem = GuestMemoryMmap<>::from_ranges(ranges);
+  ASSERT_TRUE(mem.has_value());
+  auto expect_found = [&](GuestAddress a) {
+    const GuestRegionMmap<>* expected = nullptr;
+    for (const auto& region : mem->regions()) {
+      if (a >= region.start_addr() && a <= region.last_addr()) {
+        expected = &region;
+      }
+    }
+    ASSERT_EQ(mem->find_region(a), expected) << to_string(a);
+  };
+  const std::uint64_t low = ranges.front().first.raw_value();
+  const std::uint64_t span = layout == Spread::Skewed
+                                 ? ranges[ranges.size() / 2].first.raw_value() + 0x4000 - low
+                                 : next - low;
+  for (int i = 0; i < 3000; ++i) {
+    expect_found(GuestAddress{low - std::min<std::uint64_t>(low, 0x1000) + rng() % (span + 0x2000)});
+  }
+  for (const auto& [start, size] : ranges) {
+    for (std::uint64_t a : {start.raw_value() - 1, start.raw_value(), start.raw_value() + size - 1,
+                            start.raw_value() + size}) {
+      expect_found(GuestAddress{a});
+    }
+  }
+  expect_found(GuestAddress{0});
+  expect_found(GuestAddress{std::numeric_limits<std::uint64_t>::max()});
+}
+
 TEST(GuestMemoryMmap, FindRegionAgreesWithALinearScan) {
-  // Region counts around the search tree's node size (8 keys) and level sizes (9, 81, 729).
-  for (int regions : {1, 2, 7, 8, 9, 10, 63, 64, 65, 80, 81, 82, 200, 730}) {
-    SCOPED_TRACE(regions);
-    std::vector<std::pair<GuestAddress, std::size_t>> ranges;
-    std::mt19937_64 rng(static_cast<std::uint64_t>(regions));
-    std::uint64_t next = rng() % 0x10000;
-    for (int i = 0; i < regions; ++i) {
-      next += rng() % 3 == 0 ? 0 : (rng() % 0x3000);  // adjacent or a hole
-      const std::size_t size = 0x1000 * (1 + rng() % 4);
-      ranges.emplace_back(GuestAddress{next}, size);
-      next += size;
+  for (Spread layout : {Spread::Even, Spread::Skewed, Spread::Top}) {
+    for (int regions : {1, 2, 3, 7, 8, 9, 63, 64, 65, 200, 730}) {
+      FindRegionAgreesWithALinearScan(layout, regions);
     }
-    auto mem = GuestMemoryMmap<>::from_ranges(ranges);
-    ASSERT_TRUE(mem.has_value());
-    auto expect_found = [&](GuestAddress a) {
-      const GuestRegionMmap<>* expected = nullptr;
-      for (const auto& region : mem->regions()) {
-        if (a >= region.start_addr() && a <= region.last_addr()) {
-          expected = &region;
-        }
-      }
-      ASSERT_EQ(mem->find_region(a), expected) << to_string(a);
-    };
-    for (int i = 0; i < 3000; ++i) {
-      expect_found(GuestAddress{rng() % (next + 0x2000)});
-    }
-    for (const auto& [start, size] : ranges) {
-      for (std::uint64_t a : {start.raw_value() - 1, start.raw_value(), start.raw_value() + size - 1,
-                              start.raw_value() + size}) {
-        expect_found(GuestAddress{a});
-      }
-    }
-    expect_found(GuestAddress{std::numeric_limits<std::uint64_t>::max()});
   }
 }
 

@@ -36,7 +36,7 @@
 #include "guestmem/detail/bytes_impl.hpp"
 #include "guestmem/detail/fallible_impl.hpp"
 #include "guestmem/detail/pieces.hpp"
-#include "guestmem/detail/search_tree.hpp"
+#include "guestmem/detail/region_index.hpp"
 #include "guestmem/error.hpp"
 #include "guestmem/guest_region.hpp"
 #include "guestmem/mmap_region.hpp"
@@ -320,12 +320,12 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
       slots_.push_back(Slot{});
     }
     slot_data_ = regions_.empty() ? kNoSlots : slots_.data();
-    tree_ = detail::SearchTree(starts);
+    index_ = detail::RegionIndex(starts);
   }
 
   void swap(GuestMemoryMmap& other) noexcept {
     regions_.swap(other.regions_);
-    std::swap(tree_, other.tree_);
+    std::swap(index_, other.index_);
     slots_.swap(other.slots_);
     std::swap(slot_data_, other.slot_data_);
     hint_.store(0, std::memory_order_relaxed);
@@ -361,10 +361,10 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return search(a, hint);
   }
 
-  // The tree search behind find_index, out of line: a miss costs more than a call anyway.
+  // The index search behind find_index, out of line: a miss costs more than a call anyway.
   [[nodiscard]] [[gnu::noinline]] std::size_t search(std::uint64_t a, std::size_t hint) const noexcept {
-    const std::size_t index = tree_.find(a);
-    if (index == detail::SearchTree::kNone || a - slots_[index].start >= slots_[index].size) {
+    const std::size_t index = index_.find(a);
+    if (index == detail::RegionIndex::kNone || a - slots_[index].start >= slots_[index].size) {
       return kNone;
     }
     if (index != hint) {
@@ -408,7 +408,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
 
   std::vector<RegionPtr> regions_;
   // The region starts, for lookups that miss the hint.
-  detail::SearchTree tree_;
+  detail::RegionIndex index_;
   // One slot per region and a trailing empty one, so that slot_data_[hint + 1] always exists.
   std::vector<Slot> slots_;
   // slots_.data(), or kNoSlots when there are no regions.
