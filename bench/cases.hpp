@@ -351,6 +351,35 @@ void snapshots(Harness& h, const GuestMemoryMmap<>& memory) {
   }
 }
 
+// What the hardware costs for the work some cases must do, without guestmem: the floors that
+// bound a case's ratio to the peer (docs/PERFORMANCE.md). The peer has no such cases; in the
+// compared table they have no ratio. Same guest addresses as the cases they bound.
+template <class Harness>
+void floors(Harness& h, const GuestMemoryMmap<>& memory) {
+  const std::uint8_t* in0 = *memory.get_host_address(GuestAddress{0});
+  std::uint8_t* word = *memory.get_host_address(GuestAddress{0x1000});
+  // read_obj_big96 returns a Result<BigDummy>: at least one 96-byte copy out of guest memory,
+  // two where the compiler builds the value outside the result (GCC 12).
+  h.run("floor_copy96_once/in_region_0", std::nullopt, [=] {
+    BigDummy value;
+    std::memcpy(&value, black_box(in0), sizeof(value));
+    keep(value);
+  });
+  h.run("floor_copy96_twice/in_region_0", std::nullopt, [=] {
+    BigDummy value;
+    std::memcpy(&value, black_box(in0), sizeof(value));
+    asm volatile("" : "+m"(value));  // the copy in between stays, nothing else is forced
+    BigDummy result;
+    std::memcpy(&result, &value, sizeof(result));
+    keep(result);
+  });
+  // A sequentially consistent store is one locked instruction (xchg) on x86-64.
+  h.run("floor_xchg_u64/in_region_0", std::nullopt, [=] {
+    __atomic_store_n(reinterpret_cast<std::uint64_t*>(black_box(word)), black_box(std::uint64_t{0x55}),
+                     __ATOMIC_SEQ_CST);
+  });
+}
+
 /// The memory every access case uses: 8 regions of 2 GiB.
 inline const GuestMemoryMmap<>& shared_memory() {
   static const GuestMemoryMmap<> memory = contiguous_memory(kRegionSize, kRegions);
@@ -369,6 +398,7 @@ void all_cases(Harness& h) {
   bulk(h, memory);
   snapshots(h, memory);
   bitmap_writes(h, memory);
+  floors(h, memory);
 }
 
 }  // namespace guestmem::bench
