@@ -1,16 +1,23 @@
 #include "guestmem/atomic_bitmap.hpp"
 
+#include <algorithm>
 #include <bit>
 
 namespace guestmem {
 
 namespace detail {
 
-void mark_words(std::atomic<std::uint64_t>* words, std::size_t first, std::size_t last) noexcept {
+void note_dirty_word(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t w) noexcept {
+  // Release: a reset that finds the bit takes the word after the fetch_or that set it.
+  summary_of(words, pages)[w / 64].fetch_or(std::uint64_t{1} << (w % 64), std::memory_order_release);
+}
+
+void mark_words(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t first,
+                std::size_t last) noexcept {
   for (std::size_t w = first / 64; w <= last / 64; ++w) {
     const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
     const unsigned hi = w == last / 64 ? static_cast<unsigned>(last % 64) : 63U;
-    set_bits(words[w], bit_range(lo, hi));
+    set_bits(words, pages, w, bit_range(lo, hi));
   }
 }
 
@@ -22,11 +29,42 @@ AtomicBitmap::AtomicBitmap(std::size_t len, std::size_t page_size)
       shift_(static_cast<unsigned>(std::countr_zero(page_size))) {
   GUESTMEM_ASSERT(std::has_single_bit(page_size), "AtomicBitmap page size must be a power of two");
   pages_ = len / page_size + (len % page_size != 0 ? 1 : 0);
-  // Value-initialised: every word starts clean.
-  words_ = std::make_unique<std::atomic<std::uint64_t>[]>(num_words());
+  // Value-initialised: every word starts clean, and so does the summary.
+  words_ = std::make_unique<std::atomic<std::uint64_t>[]>(num_words() +
+                                                          detail::words_for(num_words()));
   // Marks skip their atomic operation when a bit is already set; resets then need the
   // heavy side of an asymmetric fence.
   detail::enable_asymmetric_fences();
+}
+
+template <class Take>
+void AtomicBitmap::take_dirty_words(Take&& take) const {
+  std::atomic<std::uint64_t>* summary = detail::summary_of(words_.get(), pages_);
+  for (std::size_t k = 0; k < detail::words_for(num_words()); ++k) {
+    // A clean stretch of 64 words costs one load.
+    if (summary[k].load(std::memory_order_relaxed) == 0) {
+      continue;
+    }
+    // Clear the summary bits first: a word made non-zero after its exchange below sets its
+    // bit again, for the next reset.
+    for (std::uint64_t bits = summary[k].exchange(0, std::memory_order_acquire); bits != 0;
+         bits &= bits - 1) {
+      const std::size_t w = k * 64 + static_cast<std::size_t>(std::countr_zero(bits));
+      // An exchange, not a store: a bit set between a load and here would be lost.
+      take(w, words_[w].exchange(0, std::memory_order_acquire));
+    }
+  }
+  // A write that found its bit set before the exchange is now visible to the caller's copy;
+  // one after it finds the bit clear and sets it for the next reset.
+  detail::heavy_fence();
+}
+
+std::vector<std::uint64_t> AtomicBitmap::to_words() const {
+  std::vector<std::uint64_t> out(num_words());
+  for (std::size_t w = 0; w < out.size(); ++w) {
+    out[w] = words_[w].load(std::memory_order_acquire);
+  }
+  return out;
 }
 
 std::vector<std::uint64_t> AtomicBitmap::get_and_reset() const {
@@ -40,35 +78,13 @@ Result<void> AtomicBitmap::get_and_reset(std::span<std::uint64_t> out) const {
   if (out.size() != num_words()) {
     return std::unexpected(Error::at(ErrorCode::InvalidBitmap, out.size(), num_words()));
   }
-  for (std::size_t w = 0; w < out.size(); ++w) {
-    // A clean word costs a load; only dirty ones pay for the exchange.
-    out[w] = words_[w].load(std::memory_order_relaxed) != 0
-                 ? words_[w].exchange(0, std::memory_order_acquire)
-                 : 0;
-  }
-  // A write that found its bit set before the exchange is now visible to the caller's copy;
-  // one after it finds the bit clear and sets it for the next reset.
-  detail::heavy_fence();
+  std::fill(out.begin(), out.end(), std::uint64_t{0});
+  take_dirty_words([&](std::size_t w, std::uint64_t bits) { out[w] = bits; });
   return {};
 }
 
-std::vector<std::uint64_t> AtomicBitmap::to_words() const {
-  std::vector<std::uint64_t> out(num_words());
-  for (std::size_t w = 0; w < out.size(); ++w) {
-    out[w] = words_[w].load(std::memory_order_acquire);
-  }
-  return out;
-}
-
 void AtomicBitmap::reset() const {
-  for (std::size_t w = 0; w < num_words(); ++w) {
-    if (words_[w].load(std::memory_order_relaxed) != 0) {
-      // An exchange, not a store: a bit set between the load and here survives or is cleared
-      // as a whole, never lost half-way.
-      words_[w].exchange(0, std::memory_order_acquire);
-    }
-  }
-  detail::heavy_fence();
+  take_dirty_words([](std::size_t, std::uint64_t) {});
 }
 
 void AtomicBitmap::reset_range(std::size_t offset, std::size_t len) const {
@@ -100,8 +116,8 @@ Result<void> AtomicBitmap::merge(std::span<const std::uint64_t> words) const {
     return std::unexpected(Error::at(ErrorCode::InvalidBitmap, words.size(), num_words()));
   }
   for (std::size_t w = 0; w < words.size(); ++w) {
-    if (words[w] != 0 && (words_[w].load(std::memory_order_relaxed) & words[w]) != words[w]) {
-      words_[w].fetch_or(words[w], std::memory_order_release);
+    if (words[w] != 0) {
+      detail::set_bits(words_.get(), pages_, w, words[w]);
     }
   }
   return {};

@@ -127,6 +127,64 @@ TEST(AtomicBitmap, SlicesMarkRelativeToTheirOffset) {
 
 // Random write sequences on a tracked memory, partial writes included; the dirty pages of
 // every region must be exactly those holding a byte that a write actually wrote.
+// Across several summary words (each covers 64 words of 64 pages): random marks, range resets
+// and merges, then get_and_reset and reset, checked page by page against a set of pages.
+TEST(AtomicBitmap, GetAndResetFindsEveryDirtyWordThroughTheSummary) {
+  constexpr std::size_t kPages = 64 * 64 * 3 + 5;  // three summary words and a partial fourth
+  const AtomicBitmap bitmap(kPages * 4096);
+  ASSERT_EQ(bitmap.num_words(), 64u * 3 + 1);
+  std::set<std::size_t> model;
+  std::mt19937_64 rng(7);
+  auto to_pages = [&](const std::vector<std::uint64_t>& words) {
+    std::set<std::size_t> pages;
+    for (std::size_t w = 0; w < words.size(); ++w) {
+      for (std::uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
+        pages.insert(w * 64 + static_cast<std::size_t>(std::countr_zero(bits)));
+      }
+    }
+    return pages;
+  };
+  for (int round = 0; round < 30; ++round) {
+    for (int op = 0; op < 40; ++op) {
+      const std::size_t page = rng() % kPages;
+      const std::size_t count = rng() % 3 == 0 ? 1 + rng() % 200 : 1;
+      switch (rng() % 4) {
+        case 0:
+        case 1:
+          bitmap.mark_dirty(page * 4096 + rng() % 4096, (count - 1) * 4096 + 1);
+          for (std::size_t p = page; p < std::min(kPages, page + count); ++p) {
+            model.insert(p);
+          }
+          break;
+        case 2:
+          bitmap.reset_range(page * 4096, count * 4096);
+          for (std::size_t p = page; p < std::min(kPages, page + count); ++p) {
+            model.erase(p);
+          }
+          break;
+        default: {
+          std::vector<std::uint64_t> outside(bitmap.num_words(), 0);
+          outside[page / 64] = std::uint64_t{1} << (page % 64);
+          ASSERT_TRUE(bitmap.merge(outside).has_value());
+          model.insert(page);
+          break;
+        }
+      }
+    }
+    if (round % 3 == 2) {
+      bitmap.reset();
+      model.clear();
+      EXPECT_EQ(to_pages(bitmap.to_words()), model);
+      continue;
+    }
+    std::vector<std::uint64_t> out(bitmap.num_words(), ~std::uint64_t{0});  // stale contents
+    ASSERT_TRUE(bitmap.get_and_reset(std::span(out)).has_value());
+    EXPECT_EQ(to_pages(out), model) << "round " << round;
+    model.clear();
+    EXPECT_EQ(to_pages(bitmap.to_words()), model) << "get_and_reset left pages dirty";
+  }
+}
+
 // Hot-plug on tracked memory: the new map shares the old one's regions, bitmaps included, so
 // no dirty bit is lost or duplicated by insert_region and remove_region, and an inserted
 // region is tracked from its first write.

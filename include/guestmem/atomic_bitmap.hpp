@@ -11,7 +11,9 @@
 //   load. That shortcut is only correct because get_and_reset pays an asymmetric fence
 //   (detail/asymmetric_fence.hpp): a write that found its bit set is either seen by the
 //   reset that clears the bit, or finds the bit cleared and sets it again.
-// - get_and_reset, reset and merge skip clean words with a plain load.
+// - get_and_reset and reset visit only the words that may be dirty: a summary keeps one bit
+//   per word, set by the write that made the word non-zero (one more atomic operation, once
+//   per word per round), so a reset of mostly clean memory reads 1/64 of the bitmap.
 //
 // Guarantee: every page written (with a guestmem write path) after one get_and_reset returns
 // is reported by a later one, and a caller that copies the pages a reset reports, after it
@@ -47,16 +49,37 @@ namespace detail {
   return (~std::uint64_t{0} >> (63U - hi)) & (~std::uint64_t{0} << lo);
 }
 
-// Sets `mask` in `word`: one atomic operation, or none when the bits are already set.
-GUESTMEM_ALWAYS_INLINE void set_bits(std::atomic<std::uint64_t>& word, std::uint64_t mask) noexcept {
-  if ((word.load(std::memory_order_relaxed) & mask) != mask) {
-    word.fetch_or(mask, std::memory_order_release);
+// The words of a bitmap of `pages` pages; the summary follows them in the same array, one bit
+// per word (bit w % 64 of summary word w / 64), set when word w may be non-zero. A word is
+// only ever made non-zero by an operation that then sets its summary bit (set_bits, merge),
+// and resets clear the summary bit before the word, so a reset that finds the bit clear
+// skips a word that is clean or whose writer has yet to set the bit (the next reset sees it).
+[[nodiscard]] constexpr std::size_t words_for(std::size_t pages) noexcept {
+  return (pages + 63) / 64;
+}
+[[nodiscard]] inline std::atomic<std::uint64_t>* summary_of(std::atomic<std::uint64_t>* words,
+                                                            std::size_t pages) noexcept {
+  return words + words_for(pages);
+}
+
+// Records in the summary that word `w` became non-zero.
+void note_dirty_word(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t w) noexcept;
+
+// Sets `mask` in word `w`: one atomic operation, or none when the bits are already set (and
+// one more, rarely, for the summary when the word was clean).
+GUESTMEM_ALWAYS_INLINE void set_bits(std::atomic<std::uint64_t>* words, std::size_t pages,
+                                     std::size_t w, std::uint64_t mask) noexcept {
+  if ((words[w].load(std::memory_order_relaxed) & mask) != mask) {
+    if (words[w].fetch_or(mask, std::memory_order_release) == 0) [[unlikely]] {
+      note_dirty_word(words, pages, w);
+    }
   }
 }
 
 // The pages first..last span several words (a write of more than 64 pages, or across a
 // word boundary): out of line.
-void mark_words(std::atomic<std::uint64_t>* words, std::size_t first, std::size_t last) noexcept;
+void mark_words(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t first,
+                std::size_t last) noexcept;
 
 // Sets the bits of the pages [offset, offset + len) touch, within `pages` pages; one atomic
 // operation per word that lacks a bit, none for words that have them all.
@@ -77,10 +100,10 @@ GUESTMEM_ALWAYS_INLINE void mark_pages(std::atomic<std::uint64_t>* words, std::s
   // Order the data stores of the write before the loads below (see the header comment).
   light_fence();
   if (first / 64 == last / 64) [[likely]] {
-    set_bits(words[first / 64], bit_range(static_cast<unsigned>(first % 64),
-                                          static_cast<unsigned>(last % 64)));
+    set_bits(words, pages, first / 64,
+             bit_range(static_cast<unsigned>(first % 64), static_cast<unsigned>(last % 64)));
   } else {
-    mark_words(words, first, last);
+    mark_words(words, pages, first, last);
   }
 }
 
@@ -159,7 +182,9 @@ class AtomicBitmap {
   }
 
   /// The dirty pages in KVM_GET_DIRTY_LOG's layout (num_words() words), clearing them. A
-  /// write concurrent with the call is reported by this call or by the next one.
+  /// write that returned before the call is reported by it (or was by an earlier one); a write
+  /// concurrent with it, by it or by a later one, at the latest the first that starts after
+  /// the write returned. Costs a pass over 1/64 of the bitmap plus the dirty words.
   [[nodiscard]] std::vector<std::uint64_t> get_and_reset() const;
   /// As above, into `out` (a buffer a migration loop reuses round after round, as with
   /// KVM_GET_DIRTY_LOG). Errors: InvalidBitmap when out.size() != num_words(); nothing is
@@ -180,9 +205,15 @@ class AtomicBitmap {
   [[nodiscard]] std::size_t len() const noexcept { return len_; }
   [[nodiscard]] std::size_t page_size() const noexcept { return std::size_t{1} << shift_; }
   [[nodiscard]] std::size_t num_pages() const noexcept { return pages_; }
-  [[nodiscard]] std::size_t num_words() const noexcept { return (pages_ + 63) / 64; }
+  [[nodiscard]] std::size_t num_words() const noexcept { return detail::words_for(pages_); }
 
  private:
+  // Visits the words whose summary bit is set, clearing the bit and handing the word to
+  // `take` (which exchanges it); then the heavy side of the asymmetric fence.
+  template <class Take>
+  void take_dirty_words(Take&& take) const;
+
+  // num_words() words, then the summary (detail::summary_of).
   std::unique_ptr<std::atomic<std::uint64_t>[]> words_;
   std::size_t len_;
   std::size_t pages_;
