@@ -115,26 +115,29 @@ class BytesMixin {
   /// read with one access. Errors: as `read_slice`.
   template <ByteValued T>
   GUESTMEM_ALWAYS_INLINE Result<T> read_obj(Addr addr) const {
+    // One lookup: a container's first_piece may do work that must not be repeated (the
+    // IOMMU's miss handler).
+    auto first = self().first_piece(addr, sizeof(T), Permissions::Read);
 #if defined(__clang__)
     // Clang builds the T in the result itself, so the bytes are copied once. GCC 12 copies
     // through a temporary whichever way this is written, and the local T below costs it
     // least (docs/PERFORMANCE.md).
-    if (auto first = self().first_piece(addr, sizeof(T), Permissions::Read);
-        first && first->size() == sizeof(T)) [[likely]] {
+    if (first && first->size() == sizeof(T)) [[likely]] {
       return Result<T>(std::in_place, LoadFrom<T>{first->unsafe_host_ptr()});
     }
 #endif
     if constexpr (std::is_default_constructible_v<T>) {
-      // Read straight into a T: GCC copies a byte array through bit_cast several times.
+      // Read straight into a T: GCC copies a byte array through bit_cast several times, and
+      // pieces of adjacent regions reloaded from a byte array with wider loads stall the CPU.
       T value;
-      const std::size_t done = copy_pieces<Direction::kOut>(writable_bytes_of(value), addr);
+      const std::size_t done = copy_from<Direction::kOut>(writable_bytes_of(value), addr, first);
       if (done == sizeof(T)) [[likely]] {
         return value;
       }
       return std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
     } else {
       std::array<std::byte, sizeof(T)> raw;
-      const std::size_t done = copy_pieces<Direction::kOut>(std::span(raw), addr);
+      const std::size_t done = copy_from<Direction::kOut>(std::span(raw), addr, first);
       if (done == sizeof(T)) [[likely]] {
         return std::bit_cast<T>(raw);
       }
@@ -282,7 +285,13 @@ class BytesMixin {
     if (buf.empty()) {
       return 0;
     }
-    auto first = self().first_piece(addr, buf.size(), kAccessOf<kDir>);
+    return copy_from<kDir>(buf, addr, self().first_piece(addr, buf.size(), kAccessOf<kDir>));
+  }
+
+  // copy_pieces of a non-empty `buf` whose first piece is `first`, if there is one.
+  template <Direction kDir, class Byte, std::size_t N, class Piece>
+  GUESTMEM_ALWAYS_INLINE std::size_t copy_from(std::span<Byte, N> buf, Addr addr,
+                                               const std::optional<Piece>& first) const {
     if (!first) [[unlikely]] {
       return 0;
     }
