@@ -448,7 +448,7 @@ class BytesMixin {
   // copying some bytes), and a page reported dirty too many costs a migration one copy where a
   // page too few corrupts the destination.
   template <class Slice>
-  static void mark_written(const Slice& piece, const Result<std::size_t>& moved) {
+  GUESTMEM_ALWAYS_INLINE static void mark_written(const Slice& piece, const Result<std::size_t>& moved) {
     piece.bitmap().mark_dirty(0, moved && *moved <= piece.size() ? *moved : piece.size());
   }
 
@@ -473,14 +473,11 @@ class BytesMixin {
     if (auto piece = self().first_piece(addr, count, kAccess); piece && piece->size() == count)
         [[likely]] {
       auto moved = transfer_one<kDir>(io, untracked(*piece));
-      if (moved && *moved <= count) [[likely]] {
-        if constexpr (kDir == Direction::kIn) {
-          piece->bitmap().mark_dirty(0, *moved);
-        }
-        return *moved;
-      }
       if constexpr (kDir == Direction::kIn) {
         mark_written(*piece, moved);
+      }
+      if (moved && *moved <= count) [[likely]] {
+        return *moved;
       }
       return std::unexpected(moved ? Error::callback_out_of_range(count, *moved) : moved.error());
     }
