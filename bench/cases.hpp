@@ -17,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "guestmem/guestmem.hpp"
@@ -35,10 +36,16 @@ inline T black_box(T value) {
   return value;
 }
 
-/// Forces `value` to be computed and stored (results).
+/// Forces `value` to be computed and stored (results): in a register or memory when it fits
+/// a register, else in memory where it lies, as Rust's black_box does with a pointer to it.
+/// (An "r,m" operand that cannot be a register makes GCC copy the object first.)
 template <class T>
 inline void keep(const T& value) {
-  asm volatile("" : : "r,m"(value) : "memory");
+  if constexpr (sizeof(T) <= sizeof(std::uint64_t) && std::is_trivially_copyable_v<T>) {
+    asm volatile("" : : "r,m"(value) : "memory");
+  } else {
+    asm volatile("" : : "m"(value) : "memory");
+  }
 }
 
 [[noreturn, gnu::noinline, gnu::cold]] inline void fail(const Error& error) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -739,6 +740,69 @@ TYPED_TEST(EdgeTable, ObjectsAndAtomics) {
       EXPECT_EQ(loaded, 0xa5a5a5a5u);
     }
   }
+}
+
+// An object of N bytes, with or without a default constructor: read_obj builds each kind in
+// its result its own way, and small and large objects crossing regions take different paths.
+template <std::size_t N, bool kDefault>
+struct Obj {
+  std::array<std::uint8_t, N> bytes;
+};
+template <std::size_t N>
+struct Obj<N, false> {
+  explicit Obj(std::uint8_t fill) { bytes.fill(fill); }
+  std::array<std::uint8_t, N> bytes;
+};
+static_assert(ByteValued<Obj<96, false>> && !std::is_default_constructible_v<Obj<96, false>>);
+
+template <std::size_t N, bool kDefault, class Mem>
+void objects_at_every_split(Mem& mem, std::uint64_t (*available)(std::uint64_t, std::uint64_t),
+                            std::uint8_t seed) {
+  using T = Obj<N, kDefault>;
+  for (const auto& l : kLayout) {
+    const std::uint64_t edge = l.start + l.size;  // an adjacent region, a hole, or 2^64 - 1
+    for (std::uint64_t k = 0; k <= N; ++k) {
+      const std::uint64_t a = edge - k;
+      SCOPED_TRACE(::testing::Message() << "size " << N << " at " << to_string(GuestAddress{a}));
+      const std::uint64_t n = available(a, N);
+      T value = std::bit_cast<T>(std::array<std::uint8_t, N>{});
+      for (std::size_t i = 0; i < N; ++i) {
+        value.bytes[i] = static_cast<std::uint8_t>(seed + k + i);
+      }
+      auto wrote = mem.write_obj(value, GuestAddress{a});
+      auto read = mem.template read_obj<T>(GuestAddress{a});
+      if (n == 0) {
+        EXPECT_EQ(wrote.error(), Error::invalid_guest_address(GuestAddress{a}));
+        EXPECT_EQ(read.error(), Error::invalid_guest_address(GuestAddress{a}));
+        continue;
+      }
+      if (n < N) {
+        EXPECT_EQ(wrote.error(), Error::partial_buffer(N, n));
+        EXPECT_EQ(read.error(), Error::partial_buffer(N, n));
+      } else {
+        EXPECT_TRUE(wrote.has_value());
+        ASSERT_TRUE(read.has_value()) << read.error();
+        EXPECT_EQ(read->bytes, value.bytes);
+      }
+      // The bytes before the hole were written, and only those.
+      std::vector<std::byte> back(N, std::byte{0xee});
+      ASSERT_EQ(mem.read(back, GuestAddress{a}), n);
+      for (std::size_t i = 0; i < N; ++i) {
+        ASSERT_EQ(back[i], i < n ? std::byte{value.bytes[i]} : std::byte{0xee}) << "byte " << i;
+      }
+    }
+  }
+}
+
+TYPED_TEST(EdgeTable, ObjectsOfEverySizeAtEverySplit) {
+  objects_at_every_split<3, true>(this->mem_, &TestFixture::available, 1);
+  objects_at_every_split<8, true>(this->mem_, &TestFixture::available, 2);
+  objects_at_every_split<16, true>(this->mem_, &TestFixture::available, 3);
+  objects_at_every_split<17, true>(this->mem_, &TestFixture::available, 4);
+  objects_at_every_split<96, true>(this->mem_, &TestFixture::available, 5);
+  objects_at_every_split<256, true>(this->mem_, &TestFixture::available, 6);
+  objects_at_every_split<12, false>(this->mem_, &TestFixture::available, 7);
+  objects_at_every_split<96, false>(this->mem_, &TestFixture::available, 8);
 }
 
 // Zircon-style table of hostile addresses with hostile lengths: nothing may crash, and the

@@ -118,31 +118,19 @@ class BytesMixin {
     // One lookup: a container's first_piece may do work that must not be repeated (the
     // IOMMU's miss handler).
     auto first = self().first_piece(addr, sizeof(T), Permissions::Read);
-#if defined(__clang__)
-    // Clang builds the T in the result itself, so the bytes are copied once. GCC 12 copies
-    // through a temporary whichever way this is written, and the local T below costs it
-    // least (docs/PERFORMANCE.md).
-    if (first && first->size() == sizeof(T)) [[likely]] {
-      return Result<T>(std::in_place, LoadFrom<T>{first->unsafe_host_ptr()});
+    // The value is built in the result itself, so its bytes are copied once. Every other
+    // case returns its own result from out of line: a second path that joined this one
+    // would make GCC build both in a temporary and copy it (docs/DESIGN.md).
+    if (!first) [[unlikely]] {
+      return std::unexpected(partial_error(0, addr, sizeof(T), Permissions::Read));
     }
-#endif
-    if constexpr (std::is_default_constructible_v<T>) {
-      // Read straight into a T: GCC copies a byte array through bit_cast several times, and
-      // pieces of adjacent regions reloaded from a byte array with wider loads stall the CPU.
-      T value;
-      const std::size_t done = copy_from<Direction::kOut>(writable_bytes_of(value), addr, first);
-      if (done == sizeof(T)) [[likely]] {
-        return value;
-      }
-      return std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
-    } else {
-      std::array<std::byte, sizeof(T)> raw;
-      const std::size_t done = copy_from<Direction::kOut>(std::span(raw), addr, first);
-      if (done == sizeof(T)) [[likely]] {
-        return std::bit_cast<T>(raw);
-      }
-      return std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
+    if (first->size() == sizeof(T)) [[likely]] {
+      return filled_by<T>([src = first->unsafe_host_ptr()](std::span<std::byte, sizeof(T)> buf) {
+        // SAFETY: `src` is valid for sizeof(T) bytes (the piece has that size).
+        read_guest<sizeof(T)>(buf.data(), src, sizeof(T));
+      });
     }
+    return read_obj_rest<T>(addr, std::move(*first));
   }
 
   /// Writes `value` at `addr`, with one access under the same condition as `read_obj`.
@@ -302,26 +290,87 @@ class BytesMixin {
     return copy_rest<kDir>(buf, addr, *first);
   }
 
-#if defined(__clang__)
-  // Converts to a T read from guest memory at `src`, which is valid for sizeof(T) bytes.
-  // Handed to Result<T>'s in-place constructor, so that the compiler can build the T in the
-  // result itself (read_obj).
-  template <class T>
-  struct LoadFrom {
-    const std::uint8_t* src;
+  // Converts to a T whose bytes `fill(std::span<std::byte, sizeof(T)>)` writes. Handed to
+  // Result<T>'s in-place constructor, so that the T is built in the result itself: a named T
+  // returned from here is, where a byte array through bit_cast is copied (GCC 12). When
+  // `fill` is a loop (the walk over pieces), GCC builds an inlined T in a temporary and
+  // copies it, so `kOutOfLine` moves the conversion into a call whose return slot is the
+  // result.
+  template <class T, class Fill, bool kOutOfLine = false>
+  struct FilledBy {
+    Fill fill;
     // NOLINTNEXTLINE(google-explicit-constructor): the conversion is the point.
     GUESTMEM_ALWAYS_INLINE operator T() const noexcept {
-      std::array<std::byte, sizeof(T)> raw;
-      // SAFETY: `src` is valid for sizeof(T) bytes (read_obj's first piece has that size).
-      read_guest<sizeof(T)>(raw.data(), src, sizeof(T));
-      return std::bit_cast<T>(raw);
+      if constexpr (kOutOfLine) {
+        return make_out_of_line();
+      } else {
+        return make();
+      }
+    }
+    // Returns its named T by copy elision, straight into the caller's storage (GCC does not
+    // elide a T that an inlined make() returned).
+    [[gnu::noinline]] T make_out_of_line() const noexcept
+      requires std::is_default_constructible_v<T>
+    {
+      T value;
+      fill(writable_bytes_of(value));
+      return value;
+    }
+    GUESTMEM_ALWAYS_INLINE T make() const noexcept {
+      if constexpr (std::is_default_constructible_v<T>) {
+        T value;
+        fill(writable_bytes_of(value));
+        return value;
+      } else {
+        std::array<std::byte, sizeof(T)> raw;
+        fill(std::span(raw));
+        return std::bit_cast<T>(raw);
+      }
     }
   };
-#endif
+  template <class T, bool kOutOfLine = false, class Fill>
+  GUESTMEM_ALWAYS_INLINE static Result<T> filled_by(Fill fill) {
+    return Result<T>(std::in_place, FilledBy<T, Fill, kOutOfLine>{std::move(fill)});
+  }
+
+  // read_obj of a value that starts in `first` and goes on in adjacent regions: the walk
+  // over them, straight into the result. A T of up to 16 bytes is zeroed in place first (one
+  // or two stores) and walked into there; a larger T (whose zeroing GCC makes a `rep stos`)
+  // is walked into from an out-of-line conversion. Either way no copy of the T follows the
+  // walk: reloading bytes stored piece by piece with wider loads stalls the CPU.
+  template <ByteValued T, class Piece>
+  [[gnu::noinline]] Result<T> read_obj_rest(Addr addr, Piece first) const {
+    std::size_t done = 0;
+    const auto walk_into = [&](std::span<std::byte, sizeof(T)> buf) {
+      done = walk_copy<Direction::kOut>(buf, addr, std::move(first));
+    };
+    constexpr bool kSmall = sizeof(T) <= 16 || !std::is_default_constructible_v<T>;
+    Result<T> result = filled_by<T, !kSmall>([&](std::span<std::byte, sizeof(T)> buf) {
+      if constexpr (kSmall) {
+        std::memset(buf.data(), 0, sizeof(T));
+      } else {
+        walk_into(buf);
+      }
+    });
+    if constexpr (kSmall) {
+      walk_into(writable_bytes_of(*result));
+    }
+    if (done != sizeof(T)) [[unlikely]] {
+      result = std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
+    }
+    return result;
+  }
 
   // The walk over the pieces of an access that did not fit its first piece.
   template <Direction kDir, class Byte, std::size_t N, class Piece>
   [[gnu::noinline]] std::size_t copy_rest(std::span<Byte, N> buf, Addr addr, Piece first) const {
+    return walk_copy<kDir>(buf, addr, std::move(first));
+  }
+
+  // copy_rest's body: copies `buf` over the pieces of [addr, ...), starting with `first`.
+  template <Direction kDir, class Byte, std::size_t N, class Piece>
+  GUESTMEM_ALWAYS_INLINE std::size_t walk_copy(std::span<Byte, N> buf, Addr addr,
+                                               Piece first) const {
     return walk(addr, buf.size(), kAccessOf<kDir>, std::move(first),
                 [buf](const Piece& piece, std::size_t done) -> std::size_t {
                   // The pieces add up to at most buf.size() bytes, so n is the piece; the

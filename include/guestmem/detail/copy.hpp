@@ -48,42 +48,55 @@ inline void store_relaxed(std::uint8_t* dst, U value) noexcept {
   __atomic_store_n(reinterpret_cast<U*>(dst), value, __ATOMIC_RELAXED);
 }
 
-// Copies len <= kMax <= 256 bytes inline, in 16-byte chunks and then 8, 4, 2 and 1 bytes
-// (GCC turns each fixed-size memcpy into one load and one store), for sizes only known at
-// run time. The chunks never overlap, so a later read of the destination with the same
-// chunking forwards from the stores instead of stalling.
+// Copies len <= kMax <= 256 bytes inline, for sizes only known at run time (a piece of an
+// object that crosses into the next region): 16-byte chunks and a last 16-byte chunk that
+// ends at `len`, or for fewer than 16 bytes two chunks of 8, 4 or 2 bytes, one at each end
+// (GCC turns each fixed-size memcpy into one load and one store). The end chunk may copy
+// some bytes a second time, as memcpy itself does: the copies that get here have no
+// single-access promise (read_guest and write_guest take aligned copies of 1, 2, 4 and 8
+// bytes first; docs/DESIGN.md, "Copies and tearing"). Two branches for any length, where a
+// chunk per power of two took up to five.
 // Preconditions: both ranges are valid for `len` bytes and disjoint, and len <= kMax.
 template <std::size_t kMax>
 inline void copy_small(std::byte* dst, const std::byte* src, std::size_t len) noexcept {
-  // SAFETY (every copy below): the chunks partition [0, len) in increasing order, each ends
-  // at or before `len`, and both ranges are valid for `len` bytes (the preconditions).
-  std::size_t i = 0;
+  // SAFETY (every copy below): each chunk lies inside [0, len), and both ranges are valid
+  // for `len` bytes (the preconditions).
   if constexpr (kMax >= 16) {
-    for (; i + 16 <= len; i += 16) {
-      std::memcpy(dst + i, src + i, 16);
-      asm("" : "+r"(i));  // keep the loop: GCC would turn it back into `rep movsq`
+    if (len >= 16) {
+      std::size_t i = 0;
+      for (; i + 16 <= len; i += 16) {
+        std::memcpy(dst + i, src + i, 16);
+        asm("" : "+r"(i));  // keep the loop: GCC would turn it back into `rep movsq`
+      }
+      if (i != len) {
+        std::memcpy(dst + len - 16, src + len - 16, 16);
+      }
+      return;
     }
   }
   if constexpr (kMax >= 8) {
-    if ((len & 8) != 0) {
-      std::memcpy(dst + i, src + i, 8);
-      i += 8;
+    if (len >= 8) {
+      std::memcpy(dst, src, 8);
+      std::memcpy(dst + len - 8, src + len - 8, 8);
+      return;
     }
   }
   if constexpr (kMax >= 4) {
-    if ((len & 4) != 0) {
-      std::memcpy(dst + i, src + i, 4);
-      i += 4;
+    if (len >= 4) {
+      std::memcpy(dst, src, 4);
+      std::memcpy(dst + len - 4, src + len - 4, 4);
+      return;
     }
   }
   if constexpr (kMax >= 2) {
-    if ((len & 2) != 0) {
-      std::memcpy(dst + i, src + i, 2);
-      i += 2;
+    if (len >= 2) {
+      std::memcpy(dst, src, 2);
+      std::memcpy(dst + len - 2, src + len - 2, 2);
+      return;
     }
   }
-  if ((len & 1) != 0) {
-    dst[i] = src[i];
+  if (len == 1) {
+    dst[0] = src[0];
   }
 }
 
