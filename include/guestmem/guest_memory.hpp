@@ -179,8 +179,9 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   /// The region holding `addr`, or nullptr. Validity: while this memory (or another holder
   /// of the region) is alive.
   [[nodiscard]] const region_type* find_region(GuestAddress addr) const noexcept {
-    const std::size_t index = find_index(addr);
-    return index == kNone ? nullptr : slots_[index].region;
+    std::uint64_t offset;
+    const Slot* slot = find_slot(addr.raw_value(), offset);
+    return slot == nullptr ? nullptr : slot->region;
   }
 
   /// The regions in address order, as `const region_type&`.
@@ -204,11 +205,12 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   /// find_region.
   [[nodiscard]] std::optional<std::pair<const region_type*, MemoryRegionAddress>> to_region_addr(
       GuestAddress addr) const noexcept {
-    const std::size_t index = find_index(addr);
-    if (index == kNone) {
+    std::uint64_t offset;
+    const Slot* slot = find_slot(addr.raw_value(), offset);
+    if (slot == nullptr) {
       return std::nullopt;
     }
-    return std::pair{slots_[index].region, MemoryRegionAddress{addr.raw_value() - slots_[index].start}};
+    return std::pair{slot->region, MemoryRegionAddress{offset}};
   }
 
   [[nodiscard]] bool address_in_range(GuestAddress addr) const noexcept {
@@ -343,22 +345,36 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return std::make_shared<const region_type>(std::move(*region));
   }
 
-  // The index of the region holding `addr`, or kNone.
-  [[nodiscard]] GUESTMEM_ALWAYS_INLINE std::size_t find_index(GuestAddress addr) const noexcept {
-    const std::uint64_t a = addr.raw_value();
+  // The slot of the region holding `a`, with the offset of `a` in it, or nullptr.
+  [[nodiscard]] GUESTMEM_ALWAYS_INLINE const Slot* find_slot(std::uint64_t a,
+                                                            std::uint64_t& offset) const noexcept {
     // The hint and the slot after it are always valid slots (a trailing empty one), so the hit
     // path is two loads from this object and one slot. The next region is checked too,
     // without moving the hint: an access that crosses into it then never searches, and the
     // next access from the hinted region still hits.
     const std::size_t hint = hint_.load(std::memory_order_relaxed);
     const Slot* hinted = slot_data_ + hint;
-    if (a - hinted[0].start < hinted[0].size) [[likely]] {
-      return hint;
+    offset = a - hinted[0].start;
+    if (offset < hinted[0].size) [[likely]] {
+      return hinted;
     }
-    if (a - hinted[1].start < hinted[1].size) {
-      return hint + 1;
+    offset = a - hinted[1].start;
+    if (offset < hinted[1].size) {
+      return hinted + 1;
     }
-    return search(a, hint);
+    const std::size_t index = search(a, hint);
+    if (index == kNone) {
+      return nullptr;
+    }
+    offset = a - slot_data_[index].start;
+    return slot_data_ + index;
+  }
+
+  // The index of the region holding `addr`, or kNone.
+  [[nodiscard]] GUESTMEM_ALWAYS_INLINE std::size_t find_index(GuestAddress addr) const noexcept {
+    std::uint64_t offset;
+    const Slot* slot = find_slot(addr.raw_value(), offset);
+    return slot == nullptr ? kNone : static_cast<std::size_t>(slot - slot_data_);
   }
 
   // The index search behind find_index, out of line: a miss costs more than a call anyway.
@@ -387,11 +403,15 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   // `access`.
   GUESTMEM_ALWAYS_INLINE std::optional<slice_type> first_piece(GuestAddress addr, std::size_t count,
                                                                Permissions access) const noexcept {
-    const std::size_t index = find_index(addr);
-    if (index == kNone || !slot_data_[index].allowed.allow(access)) [[unlikely]] {
+    // The slot and offset straight from the lookup: no second indexing or subtraction.
+    std::uint64_t offset;
+    const Slot* slot = find_slot(addr.raw_value(), offset);
+    if (slot == nullptr || !slot->allowed.allow(access)) [[unlikely]] {
       return std::nullopt;
     }
-    return piece(index, addr.raw_value(), count);
+    const std::size_t len = std::min<std::uint64_t>(count, slot->size - offset);
+    // SAFETY: [offset, offset + len) lies inside the region, which this memory keeps alive.
+    return slice_type::from_raw_parts(slot->host + offset, len, slot->bitmap.slice_at(offset));
   }
 
   // Byte-access hook: the pieces of [addr, addr + count) for an access of kind `access`.
