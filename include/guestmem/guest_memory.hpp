@@ -389,11 +389,9 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return index;
   }
 
-  // The piece of region `index` from `addr` on, at most `count` bytes long.
-  GUESTMEM_ALWAYS_INLINE slice_type piece(std::size_t index, std::uint64_t addr,
-                                          std::size_t count) const noexcept {
-    const Slot& slot = slot_data_[index];
-    const std::uint64_t offset = addr - slot.start;
+  // The piece of the region of `slot` from `offset` (inside it) on, at most `count` bytes long.
+  GUESTMEM_ALWAYS_INLINE static slice_type piece(const Slot& slot, std::uint64_t offset,
+                                                 std::size_t count) noexcept {
     const std::size_t len = std::min<std::uint64_t>(count, slot.size - offset);
     // SAFETY: [offset, offset + len) lies inside the region, which this memory keeps alive.
     return slice_type::from_raw_parts(slot.host + offset, len, slot.bitmap.slice_at(offset));
@@ -409,9 +407,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     if (slot == nullptr || !slot->allowed.allow(access)) [[unlikely]] {
       return std::nullopt;
     }
-    const std::size_t len = std::min<std::uint64_t>(count, slot->size - offset);
-    // SAFETY: [offset, offset + len) lies inside the region, which this memory keeps alive.
-    return slice_type::from_raw_parts(slot->host + offset, len, slot->bitmap.slice_at(offset));
+    return piece(*slot, offset, count);
   }
 
   // Byte-access hook: the pieces of [addr, addr + count) for an access of kind `access`.
@@ -472,7 +468,8 @@ class GuestMemoryMmap<B>::SliceIterator
       const std::size_t left = std::exchange(count_, 0);
       return Result<slice_type>(std::unexpect, Error::protection_violation(addr_, left, access_));
     }
-    slice_type slice = memory_->piece(index, addr_, count_);
+    const Slot& slot = memory_->slots_[index];
+    slice_type slice = piece(slot, addr_ - slot.start, count_);
     index_ = index;
     count_ -= slice.size();
     // Cannot wrap: a region's exclusive end fits in 64 bits.
