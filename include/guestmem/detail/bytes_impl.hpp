@@ -273,13 +273,7 @@ class BytesMixin {
     if (buf.empty()) {
       return 0;
     }
-    return copy_from<kDir>(buf, addr, self().first_piece(addr, buf.size(), kAccessOf<kDir>));
-  }
-
-  // copy_pieces of a non-empty `buf` whose first piece is `first`, if there is one.
-  template <Direction kDir, class Byte, std::size_t N, class Piece>
-  GUESTMEM_ALWAYS_INLINE std::size_t copy_from(std::span<Byte, N> buf, Addr addr,
-                                               const std::optional<Piece>& first) const {
+    auto first = self().first_piece(addr, buf.size(), kAccessOf<kDir>);
     if (!first) [[unlikely]] {
       return 0;
     }
