@@ -496,6 +496,57 @@ TEST(GuestMemoryMmap, FindRegionAgreesWithALinearScan) {
   }
 }
 
+// The lookup remembers where it last moved to and checks that region's neighbours first, so
+// its answer must not depend on what came before: every ordered triple of probes, from every
+// state the previous probes leave, must find the right region and the right byte in it.
+TEST(GuestMemoryMmap, LookupsInEveryOrder) {
+  // Regions 0 and 1 adjacent, a hole, region 2, a hole, region 3 ending just below 2^64 - 1
+  // (the last address a region's exclusive end allows).
+  auto mem = make({{GuestAddress{0}, 0x1000},
+                   {GuestAddress{0x1000}, 0x1000},
+                   {GuestAddress{0x4000}, 0x1000},
+                   {GuestAddress{kTop - 0x1000}, 0x1000}});
+  struct Probe {
+    std::uint64_t addr;
+    int region;  // -1: a hole
+  };
+  const std::vector<Probe> probes{
+      {0, 0},         {0xfff, 0},     {0x1000, 1},         {0x1fff, 1},
+      {0x2000, -1},   {0x3fff, -1},   {0x4000, 2},         {0x4fff, 2},
+      {0x5000, -1},   {kTop - 0x1001, -1}, {kTop - 0x1000, 3}, {kTop - 1, 3}, {kTop, -1}};
+  // Each byte a probe can read holds its own value.
+  for (std::size_t i = 0; i < probes.size(); ++i) {
+    if (probes[i].region >= 0) {
+      ASSERT_TRUE(mem.write_obj(static_cast<std::uint8_t>(0x10 + i), GuestAddress{probes[i].addr}));
+    }
+  }
+  const std::vector<const GuestRegionMmap<>*> regions{&mem.regions()[0], &mem.regions()[1],
+                                                      &mem.regions()[2], &mem.regions()[3]};
+  auto check = [&](std::size_t i) {
+    const Probe& p = probes[i];
+    const GuestAddress a{p.addr};
+    ASSERT_EQ(mem.find_region(a), p.region < 0 ? nullptr : regions[static_cast<std::size_t>(p.region)])
+        << to_string(a);
+    auto value = mem.read_obj<std::uint8_t>(a);
+    if (p.region < 0) {
+      ASSERT_FALSE(value.has_value()) << to_string(a);
+      ASSERT_EQ(value.error().code(), ErrorCode::InvalidGuestAddress) << to_string(a);
+    } else {
+      ASSERT_TRUE(value.has_value()) << to_string(a);
+      ASSERT_EQ(*value, 0x10 + i) << to_string(a);
+    }
+  };
+  for (std::size_t i = 0; i < probes.size(); ++i) {
+    for (std::size_t j = 0; j < probes.size(); ++j) {
+      for (std::size_t k = 0; k < probes.size(); ++k) {
+        check(i);
+        check(j);
+        check(k);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- hot-plug
 
 TEST(GuestMemoryMmap, InsertRegionLeavesTheOldMemoryValid) {
