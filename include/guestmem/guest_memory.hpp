@@ -165,7 +165,8 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   [[nodiscard]] Result<std::pair<GuestMemoryMmap, RegionPtr>> remove_region(
       GuestAddress base, GuestUsize size) const {
     const std::size_t index = find_index(base);
-    if (index == kNone || slots_[index].start != base.raw_value() || slots_[index].size != size) {
+    if (index == kNone || slot_data_[index].start != base.raw_value() ||
+        slot_data_[index].size != size) {
       return std::unexpected(Error::at(ErrorCode::InvalidGuestRegion, base.raw_value(), size));
     }
     std::vector<RegionPtr> regions = regions_;
@@ -305,23 +306,26 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     [[no_unique_address]] typename B::slice_type bitmap{};
     Permissions allowed = Permissions::No;
   };
-  // Two slots that contain no address, for a memory without regions (see slots_).
-  static inline const Slot kNoSlots[2]{};
+  // The slots of a memory without regions: the hint points at the middle one, whose
+  // neighbours are the slots find_slot and search check next (see slots_).
+  static inline const Slot kNoSlots[3]{};
 
   explicit GuestMemoryMmap(std::vector<RegionPtr> regions) : regions_(std::move(regions)) {
     std::vector<std::uint64_t> starts;
     starts.reserve(regions_.size());
-    slots_.reserve(regions_.size() + 1);
-    for (const RegionPtr& r : regions_) {
-      starts.push_back(r->start_addr().raw_value());
-      slots_.push_back(Slot{r->start_addr().raw_value(), r->len(), r->mapping().unsafe_host_ptr(),
-                            r.get(), r->bitmap().slice_at(0),
-                            r->mapping().protection().as_permissions()});
-    }
     if (!regions_.empty()) {
+      slots_.reserve(regions_.size() + 2);
       slots_.push_back(Slot{});
+      for (const RegionPtr& r : regions_) {
+        starts.push_back(r->start_addr().raw_value());
+        slots_.push_back(Slot{r->start_addr().raw_value(), r->len(),
+                              r->mapping().unsafe_host_ptr(), r.get(), r->bitmap().slice_at(0),
+                              r->mapping().protection().as_permissions()});
+      }
+      slots_.push_back(Slot{});
+      slot_data_ = slots_.data() + 1;
+      hint_.store(slot_data_, std::memory_order_relaxed);
     }
-    slot_data_ = regions_.empty() ? kNoSlots : slots_.data();
     index_ = detail::RegionIndex(starts);
   }
 
@@ -330,8 +334,8 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     std::swap(index_, other.index_);
     slots_.swap(other.slots_);
     std::swap(slot_data_, other.slot_data_);
-    hint_.store(0, std::memory_order_relaxed);
-    other.hint_.store(0, std::memory_order_relaxed);
+    hint_.store(slot_data_, std::memory_order_relaxed);
+    other.hint_.store(other.slot_data_, std::memory_order_relaxed);
   }
 
   static Result<RegionPtr> make_region(Result<MmapRegion<B>> mapping, GuestAddress base) {
@@ -348,26 +352,24 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   // The slot of the region holding `a`, with the offset of `a` in it, or nullptr.
   [[nodiscard]] GUESTMEM_ALWAYS_INLINE const Slot* find_slot(std::uint64_t a,
                                                             std::uint64_t& offset) const noexcept {
-    // The hint and the slot after it are always valid slots (a trailing empty one), so the hit
-    // path is two loads from this object and one slot. The next region is checked too,
-    // without moving the hint: an access that crosses into it then never searches, and the
-    // next access from the hinted region still hits.
-    const std::size_t hint = hint_.load(std::memory_order_relaxed);
-    const Slot* hinted = slot_data_ + hint;
-    offset = a - hinted[0].start;
-    if (offset < hinted[0].size) [[likely]] {
+    // The hinted slot, then the one before it, which always exist (the empty slots around
+    // the regions): a hit is one load from this object and two from the slot. A hit on the
+    // slot before leaves the hint alone, so that accesses alternating between two
+    // neighbouring regions never write it.
+    const Slot* hinted = hint_.load(std::memory_order_relaxed);
+    offset = a - hinted->start;
+    if (offset < hinted->size) [[likely]] {
       return hinted;
     }
-    offset = a - hinted[1].start;
-    if (offset < hinted[1].size) {
-      return hinted + 1;
+    offset = a - hinted[-1].start;
+    if (offset < hinted[-1].size) {
+      return hinted - 1;
     }
-    const std::size_t index = search(a, hint);
-    if (index == kNone) {
-      return nullptr;
+    const Slot* found = search(a, hinted);
+    if (found != nullptr) {
+      offset = a - found->start;
     }
-    offset = a - slot_data_[index].start;
-    return slot_data_ + index;
+    return found;
   }
 
   // The index of the region holding `addr`, or kNone.
@@ -377,16 +379,22 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return slot == nullptr ? kNone : static_cast<std::size_t>(slot - slot_data_);
   }
 
-  // The index search behind find_index, out of line: a miss costs more than a call anyway.
-  [[nodiscard]] [[gnu::noinline]] std::size_t search(std::uint64_t a, std::size_t hint) const noexcept {
-    const std::size_t index = index_.find(a);
-    if (index == detail::RegionIndex::kNone || a - slots_[index].start >= slots_[index].size) {
-      return kNone;
+  // The lookups that miss the hinted slot and the one before it, out of line: the slot after
+  // the hinted one, which always exists, then the index. Both move the hint to the slot
+  // found, so that a thread that has moved on to the next region hits it first from then on.
+  [[nodiscard]] [[gnu::noinline]] const Slot* search(std::uint64_t a,
+                                                     const Slot* hinted) const noexcept {
+    const Slot* found = hinted + 1;
+    if (a - found->start >= found->size) {
+      const std::size_t index = index_.find(a);
+      if (index == detail::RegionIndex::kNone ||
+          a - slot_data_[index].start >= slot_data_[index].size) {
+        return nullptr;
+      }
+      found = slot_data_ + index;
     }
-    if (index != hint) {
-      hint_.store(index, std::memory_order_relaxed);
-    }
-    return index;
+    hint_.store(found, std::memory_order_relaxed);
+    return found;
   }
 
   // The piece of the region of `slot` from `offset` (inside it) on, at most `count` bytes long.
@@ -425,13 +433,15 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   std::vector<RegionPtr> regions_;
   // The region starts, for lookups that miss the hint.
   detail::RegionIndex index_;
-  // One slot per region and a trailing empty one, so that slot_data_[hint + 1] always exists.
+  // An empty slot, one slot per region, and another empty slot, so that the slots before
+  // and after the hinted one always exist. Empty for a memory without regions.
   std::vector<Slot> slots_;
-  // slots_.data(), or kNoSlots when there are no regions.
-  const Slot* slot_data_ = kNoSlots;
-  // The last region found; a racy cache, so relaxed loads and stores are enough. Written
-  // only when it changes, so threads hitting the same region never write a shared line.
-  mutable std::atomic<std::size_t> hint_{0};
+  // The first region's slot, slots_.data() + 1, or kNoSlots + 1 when there are no regions.
+  const Slot* slot_data_ = kNoSlots + 1;
+  // The slot of the region a lookup last moved to (see find_slot); a racy cache, so relaxed
+  // loads and stores are enough. Written only by a lookup that missed both the hinted slot
+  // and the one before it, so threads that hit never write a shared line.
+  mutable std::atomic<const Slot*> hint_{kNoSlots + 1};
 };
 
 /// The pieces of a guest range, one per region crossed (see GuestMemoryMmap::get_slices).
@@ -456,7 +466,7 @@ class GuestMemoryMmap<B>::SliceIterator
     } else {
       // The previous piece ended at its region's end; only an adjacent region continues.
       index = index_ + 1;
-      if (index == memory_->regions_.size() || memory_->slots_[index].start != addr_) {
+      if (index == memory_->regions_.size() || memory_->slot_data_[index].start != addr_) {
         index = kNone;
       }
     }
@@ -464,11 +474,11 @@ class GuestMemoryMmap<B>::SliceIterator
       count_ = 0;
       return Result<slice_type>(std::unexpect, Error::invalid_guest_address(GuestAddress{addr_}));
     }
-    if (!memory_->slots_[index].allowed.allow(access_)) {
+    if (!memory_->slot_data_[index].allowed.allow(access_)) {
       const std::size_t left = std::exchange(count_, 0);
       return Result<slice_type>(std::unexpect, Error::protection_violation(addr_, left, access_));
     }
-    const Slot& slot = memory_->slots_[index];
+    const Slot& slot = memory_->slot_data_[index];
     slice_type slice = piece(slot, addr_ - slot.start, count_);
     index_ = index;
     count_ -= slice.size();
