@@ -418,6 +418,24 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return piece(*slot, offset, count);
   }
 
+  // Byte-access hook: as first_piece, at the end of the access's previous piece, which ended
+  // at its region's end. The slot after the hinted one is checked first (the previous piece
+  // was most likely found at the hint), and the lookup behind it is find_slot's; either way
+  // a repeated crossing from the hinted region writes nothing and keeps the hint there.
+  GUESTMEM_ALWAYS_INLINE std::optional<slice_type> next_piece(GuestAddress addr, std::size_t count,
+                                                              Permissions access) const noexcept {
+    const std::uint64_t a = addr.raw_value();
+    const Slot* slot = hint_.load(std::memory_order_relaxed) + 1;
+    std::uint64_t offset = a - slot->start;
+    if (offset >= slot->size) [[unlikely]] {
+      slot = find_slot(a, offset);
+    }
+    if (slot == nullptr || !slot->allowed.allow(access)) [[unlikely]] {
+      return std::nullopt;
+    }
+    return piece(*slot, offset, count);
+  }
+
   // Byte-access hook: the pieces of [addr, addr + count) for an access of kind `access`.
   Result<SliceIterator> slices_for(GuestAddress addr, std::size_t count,
                                    Permissions access) const noexcept {

@@ -2,8 +2,17 @@
 //
 // `BytesMixin<Derived, Addr>` gives a container (a volatile slice, a region, a collection of
 // regions, an IOMMU view) the whole byte-access interface at addresses of type `Addr`. The
-// container supplies two private hooks and befriends the mixin:
+// container supplies these private hooks and befriends the mixin:
 //
+//   std::optional<VolatileSlice<S>> first_piece(Addr addr, std::size_t count,
+//                                               Permissions access) const;
+//       The first contiguous host piece of [addr, addr + count), at most `count` bytes, when
+//       `addr` is mapped and its mapping allows `access`; std::nullopt otherwise.
+//   std::optional<VolatileSlice<S>> next_piece(Addr addr, std::size_t count,
+//                                              Permissions access) const;   (optional)
+//       The same, at an `addr` where the previous piece of the same access ended. A
+//       container whose lookup can expect the next region there supplies it; the mixin falls
+//       back on first_piece.
 //   Result<Iter> slices_for(Addr addr, std::size_t count, Permissions access) const;
 //       The contiguous host pieces covering [addr, addr + count), in order. `Iter::next()`
 //       returns std::optional<Result<VolatileSlice<S>>>: at least one item when count > 0,
@@ -389,11 +398,22 @@ class BytesMixin {
         return done;
       }
       // Cannot wrap: addr + done is the end of a piece that exists.
-      auto next = self().first_piece(advance(addr, done), count - done, access);
+      auto next = continuation(advance(addr, done), count - done, access);
       if (!next) {
         return done;
       }
       piece = std::move(*next);
+    }
+  }
+
+  // The piece at `addr`, where the previous piece of the same access ended: the container's
+  // next_piece hook when it has one (a lookup that expects the next region), else first_piece.
+  GUESTMEM_ALWAYS_INLINE auto continuation(Addr addr, std::size_t count,
+                                           Permissions access) const noexcept {
+    if constexpr (requires { self().next_piece(addr, count, access); }) {
+      return self().next_piece(addr, count, access);
+    } else {
+      return self().first_piece(addr, count, access);
     }
   }
 
