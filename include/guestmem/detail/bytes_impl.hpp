@@ -70,7 +70,13 @@ template <class Slice, class View = VolatileSlice<>>
 }
 
 template <class Derived, class Addr>
+class FallibleMixin;
+
+template <class Derived, class Addr>
 class BytesMixin {
+  // The fallible walks continue a crossing access the same way (continuation).
+  friend class FallibleMixin<Derived, Addr>;
+
  public:
   /// Writes `buf` at `addr`, as much of it as fits.
   /// Returns the bytes written: buf.size(), or fewer when the range reaches a hole or the end.

@@ -4,8 +4,9 @@
 // (detail/bytes_impl.hpp) that survive memory vanishing under them: a SIGSEGV or SIGBUS
 // during the copy becomes an Error with code Fault, the faulting host address, the signal
 // and the bytes completed, instead of killing the process. It uses the same private hooks as
-// BytesMixin (first_piece, next_piece, slices_for, single_access_error), so the container befriends it
-// too, and follows the same rules (docs/DESIGN.md, "One set of access semantics"):
+// BytesMixin (first_piece, next_piece, slices_for, single_access_error), so the container
+// befriends it too; a container with this mixin also has BytesMixin. It follows the same
+// rules (docs/DESIGN.md, "One set of access semantics"):
 // - A zero-length access succeeds with 0 bytes wherever it points.
 // - try_read/try_write may stop short at a hole and return the count; the others are
 //   all-or-nothing from the caller's view (PartialBuffer at a hole).
@@ -224,17 +225,6 @@ class FallibleMixin {
 
   [[nodiscard]] const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
 
-  // The piece at `addr`, where the previous piece of the same access ended: the container's
-  // next_piece hook when it has one, else first_piece (as BytesMixin::continuation).
-  GUESTMEM_ALWAYS_INLINE auto continuation(Addr addr, std::size_t count,
-                                           Permissions access) const noexcept {
-    if constexpr (requires { self().next_piece(addr, count, access); }) {
-      return self().next_piece(addr, count, access);
-    } else {
-      return self().first_piece(addr, count, access);
-    }
-  }
-
   // Copies guest memory at [addr, ...) into buf. A fault is an error (with completed()); a
   // hole ends the walk with the bytes done.
   Result<Walked> copy_out(std::span<std::byte> buf, Addr addr) const {
@@ -286,7 +276,9 @@ class FallibleMixin {
         return Walked{done, std::nullopt};
       }
       // Cannot wrap: addr + done is the end of a piece that exists.
-      piece = continuation(advance(addr, done), count - done, access);
+      // BytesMixin's continuation: next_piece where the container has it, else first_piece.
+      piece = static_cast<const BytesMixin<Derived, Addr>&>(self()).continuation(
+          advance(addr, done), count - done, access);
       if (!piece) {
         return Walked{done, std::nullopt};
       }
