@@ -48,14 +48,29 @@ inline void store_relaxed(std::uint8_t* dst, U value) noexcept {
   __atomic_store_n(reinterpret_cast<U*>(dst), value, __ATOMIC_RELAXED);
 }
 
+// Copies len bytes, kChunk <= len <= kMax, as two chunks of the smallest power-of-two size
+// kC >= kChunk with 2 * kC >= len: one that starts at 0 and one that ends at `len`, which
+// overlap unless len is 2 * kC. GCC turns each fixed-size memcpy into vector moves.
+// Preconditions: as copy_small's.
+template <std::size_t kChunk, std::size_t kMax>
+inline void copy_ends(std::byte* dst, const std::byte* src, std::size_t len) noexcept {
+  if constexpr (2 * kChunk < kMax) {
+    if (len > 2 * kChunk) {
+      copy_ends<2 * kChunk, kMax>(dst, src, len);
+      return;
+    }
+  }
+  // SAFETY: kChunk <= len, so both chunks lie inside [0, len), valid in both ranges.
+  std::memcpy(dst, src, kChunk);
+  std::memcpy(dst + len - kChunk, src + len - kChunk, kChunk);
+}
+
 // Copies len <= kMax <= 256 bytes inline, for sizes only known at run time (a piece of an
-// object that crosses into the next region): 16-byte chunks and a last 16-byte chunk that
-// ends at `len`, or for fewer than 16 bytes two chunks of 8, 4 or 2 bytes, one at each end
-// (GCC turns each fixed-size memcpy into one load and one store). The end chunk may copy
-// some bytes a second time, as memcpy itself does: the copies that get here have no
-// single-access promise (read_guest and write_guest take aligned copies of 1, 2, 4 and 8
-// bytes first; docs/DESIGN.md, "Copies and tearing"). Two branches for any length, where a
-// chunk per power of two took up to five.
+// object that crosses into the next region): two chunks, one at each end, of 16, 32, 64 or
+// 128 bytes (copy_ends) from 16 bytes on, and of 8, 4 or 2 bytes below. The chunks may copy
+// some bytes twice, as memcpy itself does: the copies that get here have no single-access
+// promise (read_guest and write_guest take aligned copies of 1, 2, 4 and 8 bytes first;
+// docs/DESIGN.md, "Copies and tearing"). At most four branches for any length, and no loop.
 // Preconditions: both ranges are valid for `len` bytes and disjoint, and len <= kMax.
 template <std::size_t kMax>
 inline void copy_small(std::byte* dst, const std::byte* src, std::size_t len) noexcept {
@@ -63,14 +78,7 @@ inline void copy_small(std::byte* dst, const std::byte* src, std::size_t len) no
   // for `len` bytes (the preconditions).
   if constexpr (kMax >= 16) {
     if (len >= 16) {
-      std::size_t i = 0;
-      for (; i + 16 <= len; i += 16) {
-        std::memcpy(dst + i, src + i, 16);
-        asm("" : "+r"(i));  // keep the loop: GCC would turn it back into `rep movsq`
-      }
-      if (i != len) {
-        std::memcpy(dst + len - 16, src + len - 16, 16);
-      }
+      copy_ends<16, kMax>(dst, src, len);
       return;
     }
   }
@@ -149,6 +157,12 @@ inline void read_guest(std::byte* dst, const std::uint8_t* src, std::size_t len)
   if (len > kMax) {
     std::unreachable();  // Preconditions: len <= kMax (the callers' buffers are that long).
   }
+  if constexpr (kMax > 8 && kMax <= 256) {
+    if (len > 8) {  // never a single access: one test for a piece of a longer object
+      bulk_read<kMax>(dst, src, len);
+      return;
+    }
+  }
   if constexpr (kMax >= 8) {
     if (len == 8 && is_aligned(src, 8)) {
       const auto value = load_relaxed<std::uint64_t>(src);
@@ -183,6 +197,12 @@ template <std::size_t kMax = std::dynamic_extent>
 inline void write_guest(std::uint8_t* dst, const std::byte* src, std::size_t len) noexcept {
   if (len > kMax) {
     std::unreachable();  // Preconditions: len <= kMax (the callers' buffers are that long).
+  }
+  if constexpr (kMax > 8 && kMax <= 256) {
+    if (len > 8) {  // never a single access: one test for a piece of a longer object
+      bulk_write<kMax>(dst, src, len);
+      return;
+    }
   }
   if constexpr (kMax >= 8) {
     if (len == 8 && is_aligned(dst, 8)) {
