@@ -301,31 +301,12 @@ class BytesMixin {
 
   // Converts to a T whose bytes `fill(std::span<std::byte, sizeof(T)>)` writes. Handed to
   // Result<T>'s in-place constructor, so that the T is built in the result itself: a named T
-  // returned from here is, where a byte array through bit_cast is copied (GCC 12). When
-  // `fill` is a loop (the walk over pieces), GCC builds an inlined T in a temporary and
-  // copies it, so `kOutOfLine` moves the conversion into a call whose return slot is the
-  // result.
-  template <class T, class Fill, bool kOutOfLine = false>
+  // returned from here is, where a byte array through bit_cast is copied (GCC 12).
+  template <class T, class Fill>
   struct FilledBy {
     Fill fill;
     // NOLINTNEXTLINE(google-explicit-constructor): the conversion is the point.
     GUESTMEM_ALWAYS_INLINE operator T() const noexcept {
-      if constexpr (kOutOfLine) {
-        return make_out_of_line();
-      } else {
-        return make();
-      }
-    }
-    // Returns its named T by copy elision, straight into the caller's storage (GCC does not
-    // elide a T that an inlined make() returned).
-    [[gnu::noinline]] T make_out_of_line() const noexcept
-      requires std::is_default_constructible_v<T>
-    {
-      T value;
-      fill(writable_bytes_of(value));
-      return value;
-    }
-    GUESTMEM_ALWAYS_INLINE T make() const noexcept {
       if constexpr (std::is_default_constructible_v<T>) {
         T value;
         fill(writable_bytes_of(value));
@@ -337,32 +318,56 @@ class BytesMixin {
       }
     }
   };
-  template <class T, bool kOutOfLine = false, class Fill>
+  template <class T, class Fill>
   GUESTMEM_ALWAYS_INLINE static Result<T> filled_by(Fill fill) {
-    return Result<T>(std::in_place, FilledBy<T, Fill, kOutOfLine>{std::move(fill)});
+    return Result<T>(std::in_place, FilledBy<T, Fill>{std::move(fill)});
+  }
+
+  // Converts to the T that walk_value reads; handed to Result<T>'s in-place constructor like
+  // FilledBy. The walk is a loop, and GCC builds a T that an inlined loop fills in a
+  // temporary and copies it, so the T comes from a call whose return slot is the result.
+  template <class T, class Piece>
+  struct WalkedValue {
+    const BytesMixin* mixin;
+    Addr addr;
+    const Piece* first;
+    std::size_t* done;
+    // NOLINTNEXTLINE(google-explicit-constructor): the conversion is the point.
+    GUESTMEM_ALWAYS_INLINE operator T() const noexcept {
+      return mixin->walk_value<T>(addr, *first, *done);
+    }
+  };
+  // The T read from the pieces of [addr, addr + sizeof(T)), starting with `first`, and in
+  // `done` the bytes read; the bytes after them are indeterminate. Returns its named T by
+  // copy elision, straight into the caller's storage.
+  template <class T, class Piece>
+  [[gnu::noinline]] T walk_value(Addr addr, Piece first, std::size_t& done) const noexcept {
+    T value;
+    done = walk_copy<Direction::kOut>(writable_bytes_of(value), addr, std::move(first));
+    return value;
   }
 
   // read_obj of a value that starts in `first` and goes on in adjacent regions: the walk
   // over them, straight into the result. A T of up to 16 bytes is zeroed in place first (one
   // or two stores) and walked into there; a larger T (whose zeroing GCC makes a `rep stos`)
-  // is walked into from an out-of-line conversion. Either way no copy of the T follows the
-  // walk: reloading bytes stored piece by piece with wider loads stalls the CPU.
+  // comes from walk_value. Either way no copy of the T follows the walk: reloading bytes
+  // stored piece by piece with wider loads stalls the CPU.
   template <ByteValued T, class Piece>
   [[gnu::noinline]] Result<T> read_obj_rest(Addr addr, Piece first) const {
     std::size_t done = 0;
-    const auto walk_into = [&](std::span<std::byte, sizeof(T)> buf) {
-      done = walk_copy<Direction::kOut>(buf, addr, std::move(first));
-    };
     constexpr bool kSmall = sizeof(T) <= 16 || !std::is_default_constructible_v<T>;
-    Result<T> result = filled_by<T, !kSmall>([&](std::span<std::byte, sizeof(T)> buf) {
+    // Each branch returns a prvalue, so `result` is the T's storage either way.
+    Result<T> result = [&] [[gnu::always_inline]] {
       if constexpr (kSmall) {
-        std::memset(buf.data(), 0, sizeof(T));
+        return filled_by<T>([](std::span<std::byte, sizeof(T)> buf) {
+          std::memset(buf.data(), 0, sizeof(T));
+        });
       } else {
-        walk_into(buf);
+        return Result<T>(std::in_place, WalkedValue<T, Piece>{this, addr, &first, &done});
       }
-    });
+    }();
     if constexpr (kSmall) {
-      walk_into(writable_bytes_of(*result));
+      done = walk_copy<Direction::kOut>(writable_bytes_of(*result), addr, std::move(first));
     }
     if (done != sizeof(T)) [[unlikely]] {
       result = std::unexpected(partial_error(done, addr, sizeof(T), Permissions::Read));
