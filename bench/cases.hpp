@@ -5,7 +5,8 @@
 //
 //   template <class F> void run(const std::string& name, std::optional<std::size_t> bytes, F op);
 //
-// which times `op()` (inlined: F is a concrete lambda type).
+// which times `op()` (inlined: F is a concrete lambda type), and optionally a `run_pair` for
+// two cases that a target compares with each other (see run_pair below).
 #pragma once
 
 #include <array>
@@ -62,6 +63,21 @@ template <class T>
   }
   if constexpr (!std::is_void_v<T>) {
     return *result;
+  }
+}
+
+/// Times two cases that a target compares with each other (a bulk copy and the plain memcpy
+/// of the same bytes, a tracked write and the untracked one): in alternation, repetition by
+/// repetition, where the harness has `run_pair` (guestmem-peer-bench), else one after the
+/// other.
+template <class Harness, class FA, class FB>
+void run_pair(Harness& h, const std::string& name_a, std::optional<std::size_t> bytes_a, FA op_a,
+              const std::string& name_b, std::optional<std::size_t> bytes_b, FB op_b) {
+  if constexpr (requires { h.run_pair(name_a, bytes_a, op_a, name_b, bytes_b, op_b); }) {
+    h.run_pair(name_a, bytes_a, std::move(op_a), name_b, bytes_b, std::move(op_b));
+  } else {
+    h.run(name_a, bytes_a, std::move(op_a));
+    h.run(name_b, bytes_b, std::move(op_b));
   }
 }
 
@@ -302,11 +318,15 @@ void bulk(Harness& h, const GuestMemoryMmap<>& memory) {
     std::uint8_t* gptr = *memory.get_host_address(gaddr);
     const auto* mem = &memory;
     std::byte* hptr = host->data();
-    h.run(names[0], size, [=] { unwrap(black_box(mem)->read_slice(std::span(black_box(hptr), size), black_box(gaddr))); });
-    h.run(names[1], size, [=] { unwrap(black_box(mem)->write_slice(std::span(black_box(hptr), size), black_box(gaddr))); });
-    // The physical limit: a plain memcpy between the same buffers.
-    h.run(names[2], size, [=] { std::memcpy(black_box(hptr), black_box(gptr), size); keep(host); });
-    h.run(names[3], size, [=] { std::memcpy(black_box(gptr), black_box(hptr), size); keep(host); });
+    // Each against the physical limit: a plain memcpy between the same buffers.
+    run_pair(
+        h, names[0], size,
+        [=] { unwrap(black_box(mem)->read_slice(std::span(black_box(hptr), size), black_box(gaddr))); },
+        names[2], size, [=] { std::memcpy(black_box(hptr), black_box(gptr), size); keep(host); });
+    run_pair(
+        h, names[1], size,
+        [=] { unwrap(black_box(mem)->write_slice(std::span(black_box(hptr), size), black_box(gaddr))); },
+        names[3], size, [=] { std::memcpy(black_box(gptr), black_box(hptr), size); keep(host); });
   }
 }
 
@@ -319,24 +339,22 @@ void bitmap_writes(Harness& h, const GuestMemoryMmap<>& memory) {
   static const std::span<std::byte> d4k = placed_buffer(4096);
   const GuestAddress a{0x2000};   // page aligned
   const GuestAddress au{0x3800};  // straddles two pages
-  // The same three writes on the tracked memory (prefix "bitmap_") and the untracked one.
-  auto writes = [&](const std::string& prefix, const auto* mem) {
-    h.run(prefix + "write_slice_8/in_region_0", std::nullopt, [=] {
-      unwrap(black_box(mem)->write_slice(std::span(black_box(d8.data()), 8), black_box(a)));
-    });
-    h.run(prefix + "write_slice_4096/in_region_0", std::nullopt, [=] {
-      unwrap(black_box(mem)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(a)));
-    });
-    h.run(prefix + "write_slice_4096_unaligned/in_region_0", std::nullopt, [=] {
-      unwrap(black_box(mem)->write_slice(std::span(black_box(d4k.data()), 4096), black_box(au)));
-    });
+  // The same three writes on the tracked memory (prefix "bitmap_") and on the untracked one,
+  // each pair timed together. `kSize` is a constant, as in the peer's cases.
+  auto writes = [&]<std::size_t kSize>(const std::string& name, std::byte* data, GuestAddress at,
+                                        std::integral_constant<std::size_t, kSize> /*size*/) {
+    const auto write_to = [=](const auto* mem) {
+      return [=] { unwrap(black_box(mem)->write_slice(std::span(black_box(data), kSize), black_box(at))); };
+    };
+    run_pair(h, "bitmap_" + name, std::nullopt, write_to(&tracked), name, std::nullopt, write_to(&memory));
   };
-  writes("bitmap_", &tracked);
+  writes("write_slice_8/in_region_0", d8.data(), a, std::integral_constant<std::size_t, 8>{});
+  writes("write_slice_4096/in_region_0", d4k.data(), a, std::integral_constant<std::size_t, 4096>{});
+  writes("write_slice_4096_unaligned/in_region_0", d4k.data(), au, std::integral_constant<std::size_t, 4096>{});
   const auto* bm = &tracked;
   h.run("bitmap_store_u64/in_region_0", std::nullopt, [=] {
     unwrap(black_box(bm)->store(black_box(std::uint64_t{1}), black_box(a), std::memory_order_relaxed));
   });
-  writes("", &memory);
 }
 
 // The peer's snapshot cases: a GuestMemoryAtomic over the same regions.
