@@ -70,7 +70,7 @@ inline void copy_ends(std::byte* dst, const std::byte* src, std::size_t len) noe
 // 128 bytes (copy_ends) from 16 bytes on, and of 8, 4 or 2 bytes below. The chunks may copy
 // some bytes twice, as memcpy itself does: the copies that get here have no single-access
 // promise (read_guest and write_guest take aligned copies of 1, 2, 4 and 8 bytes first;
-// docs/DESIGN.md, "Copies and tearing"). At most four branches for any length, and no loop.
+// docs/DESIGN.md, "Copies and tearing"). No loop, and at most five branches for any length.
 // Preconditions: both ranges are valid for `len` bytes and disjoint, and len <= kMax.
 template <std::size_t kMax>
 inline void copy_small(std::byte* dst, const std::byte* src, std::size_t len) noexcept {
