@@ -2,6 +2,11 @@
 
 #include <sys/mman.h>
 
+#if __has_include(<linux/kvm.h>)
+#include <linux/kvm.h>
+#endif
+
+#include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <ostream>
@@ -45,6 +50,20 @@ std::string access_name(std::uint64_t bits) {
   }
 }
 
+// A snapshot id as 32 hex digits, or "none" for the zero id of a full snapshot.
+std::string snapshot_id_text(std::uint64_t hi, std::uint64_t lo) {
+  if (hi == 0 && lo == 0) {
+    return "none";
+  }
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (int i = 0; i < 16; ++i) {
+    out[static_cast<std::size_t>(15 - i)] = kDigits[(hi >> (4 * i)) & 0xf];
+    out[static_cast<std::size_t>(31 - i)] = kDigits[(lo >> (4 * i)) & 0xf];
+  }
+  return out;
+}
+
 std::string advice_name(std::uint64_t advice) {
   switch (advice) {
     case MADV_HUGEPAGE:
@@ -58,6 +77,67 @@ std::string advice_name(std::uint64_t advice) {
     default:
       return "advice " + std::to_string(advice);
   }
+}
+
+// The KVM names of the requests and capabilities guestmem::kvm uses, where the kernel
+// headers are available; elsewhere (and for other values) the number.
+std::string kvm_ioctl_name(std::uint64_t request) {
+#if __has_include(<linux/kvm.h>)
+  switch (request) {
+    case KVM_GET_API_VERSION:
+      return "KVM_GET_API_VERSION";
+    case KVM_CREATE_VM:
+      return "KVM_CREATE_VM";
+    case KVM_CHECK_EXTENSION:
+      return "KVM_CHECK_EXTENSION";
+    case KVM_GET_VCPU_MMAP_SIZE:
+      return "KVM_GET_VCPU_MMAP_SIZE";
+    case KVM_ENABLE_CAP:
+      return "KVM_ENABLE_CAP";
+    case KVM_SET_USER_MEMORY_REGION:
+      return "KVM_SET_USER_MEMORY_REGION";
+    case KVM_GET_DIRTY_LOG:
+      return "KVM_GET_DIRTY_LOG";
+    case KVM_CLEAR_DIRTY_LOG:
+      return "KVM_CLEAR_DIRTY_LOG";
+    case KVM_RESET_DIRTY_RINGS:
+      return "KVM_RESET_DIRTY_RINGS";
+    default:
+      break;
+  }
+#endif
+  return "KVM ioctl " + hex(request);
+}
+
+std::string kvm_capability_name(std::uint64_t cap) {
+  std::string name;
+#if __has_include(<linux/kvm.h>)
+  switch (cap) {
+    case KVM_CAP_USER_MEMORY:
+      name = "KVM_CAP_USER_MEMORY ";
+      break;
+    case KVM_CAP_NR_MEMSLOTS:
+      name = "KVM_CAP_NR_MEMSLOTS ";
+      break;
+    case KVM_CAP_READONLY_MEM:
+      name = "KVM_CAP_READONLY_MEM ";
+      break;
+    case KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2:
+      name = "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 ";
+      break;
+    case KVM_CAP_DIRTY_LOG_RING:
+      name = "KVM_CAP_DIRTY_LOG_RING ";
+      break;
+#if defined(KVM_CAP_DIRTY_LOG_RING_ACQ_REL)
+    case KVM_CAP_DIRTY_LOG_RING_ACQ_REL:
+      name = "KVM_CAP_DIRTY_LOG_RING_ACQ_REL ";
+      break;
+#endif
+    default:
+      break;
+  }
+#endif
+  return name + "(" + std::to_string(cap) + ")";
 }
 
 }  // namespace
@@ -134,6 +214,24 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "MsyncFailed";
     case ErrorCode::NotImplemented:
       return "NotImplemented";
+    case ErrorCode::KvmUnavailable:
+      return "KvmUnavailable";
+    case ErrorCode::KvmCapabilityMissing:
+      return "KvmCapabilityMissing";
+    case ErrorCode::KvmIoctlFailed:
+      return "KvmIoctlFailed";
+    case ErrorCode::KvmSlotRefused:
+      return "KvmSlotRefused";
+    case ErrorCode::SnapshotUnsupported:
+      return "SnapshotUnsupported";
+    case ErrorCode::SnapshotCorrupt:
+      return "SnapshotCorrupt";
+    case ErrorCode::SnapshotTruncated:
+      return "SnapshotTruncated";
+    case ErrorCode::SnapshotWrongBase:
+      return "SnapshotWrongBase";
+    case ErrorCode::SnapshotLayoutMismatch:
+      return "SnapshotLayoutMismatch";
   }
   return "UnknownErrorCode";
 }
@@ -231,6 +329,51 @@ std::string Error::message() const {
       return "msync of " + hex(length_) + " bytes failed: " + os_error_text(os_error_);
     case ErrorCode::NotImplemented:
       return "cache flush is not implemented on this architecture";
+    case ErrorCode::KvmUnavailable:
+      if (os_error_ == ENOENT) {
+        return "no KVM device: " + os_error_text(os_error_);
+      }
+      if (os_error_ == EACCES || os_error_ == EPERM) {
+        return "no permission to open the KVM device: " + os_error_text(os_error_);
+      }
+      if (os_error_ == ENOTTY) {
+        return "the device is not KVM: " + os_error_text(os_error_);
+      }
+      if (os_error_ != 0) {
+        return "cannot open the KVM device: " + os_error_text(os_error_);
+      }
+      return "KVM API version " + to_string(expected_) + " is not the supported version 12";
+    case ErrorCode::KvmCapabilityMissing:
+      return "KVM lacks capability " + kvm_capability_name(address_);
+    case ErrorCode::KvmIoctlFailed:
+      return kvm_ioctl_name(address_) + "(" + to_string(expected_) +
+             ") failed: " + os_error_text(os_error_);
+    case ErrorCode::KvmSlotRefused:
+      return "KVM refused " + kvm_ioctl_name(completed_) + " for memory slot " +
+             to_string(expected_) + " (guest " + hex(address_) + ", " + hex(length_) +
+             " bytes): " + os_error_text(os_error_);
+    case ErrorCode::SnapshotUnsupported:
+      if (address_ == 0) {
+        return "not a guestmem snapshot (bad magic)";
+      }
+      return "snapshot format version " + to_string(completed_) + " is not supported (this "
+             "build reads version " + to_string(expected_) + ")";
+    case ErrorCode::SnapshotCorrupt:
+      if (expected_ == 0) {
+        return "snapshot corrupt: the header (chunk 0, " + hex(length_) +
+               " bytes at file offset " + hex(address_) + ") fails its checksum";
+      }
+      return "snapshot corrupt: chunk " + to_string(expected_) + " (" + hex(length_) +
+             " bytes at file offset " + hex(address_) + ") fails its checksum";
+    case ErrorCode::SnapshotTruncated:
+      return "snapshot truncated: the file ends at offset " + hex(address_) + " but needs " +
+             hex(expected_) + " bytes";
+    case ErrorCode::SnapshotWrongBase:
+      return "snapshot base mismatch: the file names base " + snapshot_id_text(address_, length_) +
+             ", expected " + snapshot_id_text(expected_, completed_);
+    case ErrorCode::SnapshotLayoutMismatch:
+      return "snapshot layout mismatch at region " + to_string(expected_) + " (guest base " +
+             hex(address_) + ", size " + hex(length_) + ")";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }

@@ -41,7 +41,18 @@
 //   AdviceFailed             the MADV_ advice        size           -                   yes
 //   MsyncFailed              -                       size           -                   yes
 //   NotImplemented           -                       -              -                   -
+//   KvmUnavailable           -                       -              API version/-       yes/0
+//   KvmCapabilityMissing     KVM_CAP_ number         -              -                   -
+//   KvmIoctlFailed           ioctl request           -              its argument/-      yes
+//   KvmSlotRefused           guest base of the slot  slot size      slot/ioctl request  yes
+//   SnapshotUnsupported      file offset of the field -             version supported/found -
+//   SnapshotCorrupt          file offset of the chunk chunk length  chunk number/-      -
+//   SnapshotTruncated        file offset where data ends -          size needed/size found -
+//   SnapshotWrongBase        base named: high half   low half       base expected: high/low -
+//   SnapshotLayoutMismatch   guest base of the region size          region index/-      -
 //
+// A snapshot's "chunk number" is 0 for its header and 1, 2, ... for its data chunks in file
+// order (see guestmem/snapshot.hpp).
 // "access asked" is 1 for a read and 2 for a write (the bits of `Permissions`).
 //
 //   auto r = mem.read_obj<std::uint32_t>(addr);
@@ -149,6 +160,39 @@ enum class ErrorCode : std::uint8_t {
   /// The operation has no implementation on this architecture (cache flush outside x86-64
   /// and aarch64).
   NotImplemented,
+  /// The KVM device cannot be used: opening it failed (os_error(): ENOENT when there is no
+  /// such device, EACCES or EPERM without permission), it is no KVM device (ENOTTY), or its
+  /// API version (expected()) is not 12 (os_error() 0).
+  KvmUnavailable,
+  /// KVM lacks a capability the call needs; address() is the KVM_CAP_ number.
+  KvmCapabilityMissing,
+  /// A KVM ioctl failed: address() is the ioctl request, expected() its argument (the
+  /// capability of KVM_CHECK_EXTENSION or KVM_ENABLE_CAP), os_error() the errno.
+  KvmIoctlFailed,
+  /// KVM refused an ioctl on one memory slot (KVM_SET_USER_MEMORY_REGION, KVM_GET_DIRTY_LOG,
+  /// KVM_CLEAR_DIRTY_LOG): address() and length() are the slot's guest range, expected() the
+  /// slot number, completed() the ioctl request, os_error() the errno (ENOSPC when every
+  /// slot number KVM allows is taken).
+  KvmSlotRefused,
+  /// A file is not a guestmem snapshot (bad magic, address 0) or has a format version this
+  /// build does not read (address 8; expected() the version supported, completed() the one
+  /// found).
+  SnapshotUnsupported,
+  /// A snapshot's checksum does not match its contents: the header (chunk 0, at offset 0) or
+  /// a data chunk (address() its file offset, length() its size, expected() its number).
+  SnapshotCorrupt,
+  /// A snapshot file ends before the data its header describes: address() where it ends,
+  /// expected() the size needed, completed() the size found.
+  SnapshotTruncated,
+  /// A snapshot diff is based on another snapshot than the one it is applied to (or a diff
+  /// was given where a full snapshot is needed, or the reverse): address() and length() hold
+  /// the base the file names (zero for a full snapshot), expected() and completed() the one
+  /// the caller expected.
+  SnapshotWrongBase,
+  /// A snapshot's regions do not match the memory it is applied to: address() and length()
+  /// are the guest base and size of the first region that differs (from the memory, or from
+  /// the file when the memory has fewer regions), expected() its index.
+  SnapshotLayoutMismatch,
 };
 
 /// The enumerator's name, for example "PartialBuffer".
@@ -257,6 +301,31 @@ class [[nodiscard]] Error {
                                           std::uint64_t file_size) noexcept {
     Error e = at(ErrorCode::MappingPastEof, file_offset, size);
     e.expected_ = file_size;
+    return e;
+  }
+
+  /// The KVM device cannot be used: `errnum` from open or KVM_GET_API_VERSION, or 0 with the
+  /// unexpected `api_version`.
+  static constexpr Error kvm_unavailable(int errnum, std::uint64_t api_version = 0) noexcept {
+    Error e(ErrorCode::KvmUnavailable);
+    e.os_error_ = errnum;
+    e.expected_ = api_version;
+    return e;
+  }
+  /// KVM ioctl `request` with argument `argument` failed with `errnum`.
+  static constexpr Error kvm_ioctl_failed(int errnum, std::uint64_t request,
+                                          std::uint64_t argument = 0) noexcept {
+    Error e = os_failure(ErrorCode::KvmIoctlFailed, errnum, request, 0);
+    e.expected_ = argument;
+    return e;
+  }
+  /// KVM refused ioctl `request` on memory slot `slot`, which covers `size` bytes of guest
+  /// memory at `guest_base`.
+  static constexpr Error kvm_slot_refused(int errnum, std::uint64_t request, std::uint32_t slot,
+                                          std::uint64_t guest_base, std::uint64_t size) noexcept {
+    Error e = os_failure(ErrorCode::KvmSlotRefused, errnum, guest_base, size);
+    e.expected_ = slot;
+    e.completed_ = request;
     return e;
   }
 
