@@ -50,6 +50,20 @@ std::string access_name(std::uint64_t bits) {
   }
 }
 
+// A snapshot id as 32 hex digits, or "none" for the zero id of a full snapshot.
+std::string snapshot_id_text(std::uint64_t hi, std::uint64_t lo) {
+  if (hi == 0 && lo == 0) {
+    return "none";
+  }
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (int i = 0; i < 16; ++i) {
+    out[static_cast<std::size_t>(15 - i)] = kDigits[(hi >> (4 * i)) & 0xf];
+    out[static_cast<std::size_t>(31 - i)] = kDigits[(lo >> (4 * i)) & 0xf];
+  }
+  return out;
+}
+
 std::string advice_name(std::uint64_t advice) {
   switch (advice) {
     case MADV_HUGEPAGE:
@@ -208,6 +222,16 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "KvmIoctlFailed";
     case ErrorCode::KvmSlotRefused:
       return "KvmSlotRefused";
+    case ErrorCode::SnapshotUnsupported:
+      return "SnapshotUnsupported";
+    case ErrorCode::SnapshotCorrupt:
+      return "SnapshotCorrupt";
+    case ErrorCode::SnapshotTruncated:
+      return "SnapshotTruncated";
+    case ErrorCode::SnapshotWrongBase:
+      return "SnapshotWrongBase";
+    case ErrorCode::SnapshotLayoutMismatch:
+      return "SnapshotLayoutMismatch";
   }
   return "UnknownErrorCode";
 }
@@ -328,6 +352,28 @@ std::string Error::message() const {
       return "KVM refused " + kvm_ioctl_name(completed_) + " for memory slot " +
              to_string(expected_) + " (guest " + hex(address_) + ", " + hex(length_) +
              " bytes): " + os_error_text(os_error_);
+    case ErrorCode::SnapshotUnsupported:
+      if (address_ == 0) {
+        return "not a guestmem snapshot (bad magic)";
+      }
+      return "snapshot format version " + to_string(completed_) + " is not supported (this "
+             "build reads version " + to_string(expected_) + ")";
+    case ErrorCode::SnapshotCorrupt:
+      if (expected_ == 0) {
+        return "snapshot corrupt: the header (chunk 0, " + hex(length_) +
+               " bytes at file offset " + hex(address_) + ") fails its checksum";
+      }
+      return "snapshot corrupt: chunk " + to_string(expected_) + " (" + hex(length_) +
+             " bytes at file offset " + hex(address_) + ") fails its checksum";
+    case ErrorCode::SnapshotTruncated:
+      return "snapshot truncated: the file ends at offset " + hex(address_) + " but needs " +
+             hex(expected_) + " bytes";
+    case ErrorCode::SnapshotWrongBase:
+      return "snapshot base mismatch: the file names base " + snapshot_id_text(address_, length_) +
+             ", expected " + snapshot_id_text(expected_, completed_);
+    case ErrorCode::SnapshotLayoutMismatch:
+      return "snapshot layout mismatch at region " + to_string(expected_) + " (guest base " +
+             hex(address_) + ", size " + hex(length_) + ")";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }

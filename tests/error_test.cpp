@@ -113,11 +113,23 @@ TEST(Error, FieldsOfTheMappingErrors) {
 }
 
 TEST(Error, EveryCodeHasANameAndAMessage) {
-  for (int raw = 0; raw <= static_cast<int>(ErrorCode::KvmSlotRefused); ++raw) {
+  for (int raw = 0; raw <= static_cast<int>(ErrorCode::SnapshotLayoutMismatch); ++raw) {
     const auto code = static_cast<ErrorCode>(raw);
     EXPECT_NE(to_string(code), "UnknownErrorCode") << raw;
     EXPECT_EQ(Error(code).message().find("unknown error code"), std::string::npos) << raw;
   }
+}
+
+TEST(Error, SnapshotMessages) {
+  EXPECT_EQ(Error::at(ErrorCode::SnapshotUnsupported, 0).message(),
+            "not a guestmem snapshot (bad magic)");
+  Error corrupt = Error::at(ErrorCode::SnapshotCorrupt, 0x201000, 0x100000);
+  EXPECT_EQ(corrupt.message(), "snapshot corrupt: the header (chunk 0, 0x100000 bytes at file "
+                               "offset 0x201000) fails its checksum");
+  EXPECT_EQ(Error::at(ErrorCode::SnapshotLayoutMismatch, 0x1000, 0x2000).message(),
+            "snapshot layout mismatch at region 0 (guest base 0x1000, size 0x2000)");
+  EXPECT_EQ(Error::at(ErrorCode::SnapshotWrongBase, 0, 0).message(),
+            "snapshot base mismatch: the file names base none, expected none");
 }
 
 TEST(Error, Streaming) {

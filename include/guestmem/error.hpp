@@ -45,7 +45,14 @@
 //   KvmCapabilityMissing     KVM_CAP_ number         -              -                   -
 //   KvmIoctlFailed           ioctl request           -              its argument/-      yes
 //   KvmSlotRefused           guest base of the slot  slot size      slot/ioctl request  yes
+//   SnapshotUnsupported      file offset of the field -             version supported/found -
+//   SnapshotCorrupt          file offset of the chunk chunk length  chunk number/-      -
+//   SnapshotTruncated        file offset where data ends -          size needed/size found -
+//   SnapshotWrongBase        base named: high half   low half       base expected: high/low -
+//   SnapshotLayoutMismatch   guest base of the region size          region index/-      -
 //
+// A snapshot's "chunk number" is 0 for its header and 1, 2, ... for its data chunks in file
+// order (see guestmem/snapshot.hpp).
 // "access asked" is 1 for a read and 2 for a write (the bits of `Permissions`).
 //
 //   auto r = mem.read_obj<std::uint32_t>(addr);
@@ -167,6 +174,25 @@ enum class ErrorCode : std::uint8_t {
   /// slot number, completed() the ioctl request, os_error() the errno (ENOSPC when every
   /// slot number KVM allows is taken).
   KvmSlotRefused,
+  /// A file is not a guestmem snapshot (bad magic, address 0) or has a format version this
+  /// build does not read (address 8; expected() the version supported, completed() the one
+  /// found).
+  SnapshotUnsupported,
+  /// A snapshot's checksum does not match its contents: the header (chunk 0, at offset 0) or
+  /// a data chunk (address() its file offset, length() its size, expected() its number).
+  SnapshotCorrupt,
+  /// A snapshot file ends before the data its header describes: address() where it ends,
+  /// expected() the size needed, completed() the size found.
+  SnapshotTruncated,
+  /// A snapshot diff is based on another snapshot than the one it is applied to (or a diff
+  /// was given where a full snapshot is needed, or the reverse): address() and length() hold
+  /// the base the file names (zero for a full snapshot), expected() and completed() the one
+  /// the caller expected.
+  SnapshotWrongBase,
+  /// A snapshot's regions do not match the memory it is applied to: address() and length()
+  /// are the guest base and size of the first region that differs (from the memory, or from
+  /// the file when the memory has fewer regions), expected() its index.
+  SnapshotLayoutMismatch,
 };
 
 /// The enumerator's name, for example "PartialBuffer".
