@@ -329,6 +329,16 @@ class [[nodiscard]] Error {
     return e;
   }
 
+  /// A snapshot error (SnapshotUnsupported, SnapshotCorrupt, ...) with the fields the table
+  /// above gives for its code.
+  static constexpr Error snapshot(ErrorCode code, std::uint64_t address, std::uint64_t length,
+                                  std::uint64_t expected, std::uint64_t completed) noexcept {
+    Error e = at(code, address, length);
+    e.expected_ = expected;
+    e.completed_ = completed;
+    return e;
+  }
+
   static constexpr Error fragmented(std::uint64_t iova, std::uint64_t length,
                                     std::uint64_t contiguous) noexcept {
     Error e = at(ErrorCode::Fragmented, iova, length);
