@@ -232,6 +232,8 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "SnapshotWrongBase";
     case ErrorCode::SnapshotLayoutMismatch:
       return "SnapshotLayoutMismatch";
+    case ErrorCode::FaultSignalBlocked:
+      return "FaultSignalBlocked";
   }
   return "UnknownErrorCode";
 }
@@ -374,6 +376,10 @@ std::string Error::message() const {
     case ErrorCode::SnapshotLayoutMismatch:
       return "snapshot layout mismatch at region " + to_string(expected_) + " (guest base " +
              hex(address_) + ", size " + hex(length_) + ")";
+    case ErrorCode::FaultSignalBlocked:
+      return signal_name(signal_) +
+             " is blocked in the calling thread, so a fault could not be recovered: nothing "
+             "was accessed";
   }
   return "unknown error code " + to_string(static_cast<unsigned>(code_));
 }

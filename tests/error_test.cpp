@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <sstream>
 
@@ -113,7 +114,7 @@ TEST(Error, FieldsOfTheMappingErrors) {
 }
 
 TEST(Error, EveryCodeHasANameAndAMessage) {
-  for (int raw = 0; raw <= static_cast<int>(ErrorCode::SnapshotLayoutMismatch); ++raw) {
+  for (int raw = 0; raw <= static_cast<int>(ErrorCode::FaultSignalBlocked); ++raw) {
     const auto code = static_cast<ErrorCode>(raw);
     EXPECT_NE(to_string(code), "UnknownErrorCode") << raw;
     EXPECT_EQ(Error(code).message().find("unknown error code"), std::string::npos) << raw;
@@ -130,6 +131,22 @@ TEST(Error, SnapshotMessages) {
             "snapshot layout mismatch at region 0 (guest base 0x1000, size 0x2000)");
   EXPECT_EQ(Error::at(ErrorCode::SnapshotWrongBase, 0, 0).message(),
             "snapshot base mismatch: the file names base none, expected none");
+}
+
+TEST(Error, FaultSignalBlockedNamesTheSignal) {
+  const Error blocked = Error::fault_signal_blocked(SIGBUS);
+  EXPECT_EQ(blocked.code(), ErrorCode::FaultSignalBlocked);
+  EXPECT_EQ(blocked.signal(), SIGBUS);
+  EXPECT_EQ(blocked.address(), 0u);
+  EXPECT_EQ(blocked.completed(), 0u);
+  EXPECT_EQ(to_string(ErrorCode::FaultSignalBlocked), "FaultSignalBlocked");
+  EXPECT_EQ(blocked.message(),
+            "SIGBUS is blocked in the calling thread, so a fault could not be recovered: "
+            "nothing was accessed");
+  EXPECT_EQ(Error::fault_signal_blocked(SIGSEGV).message(),
+            "SIGSEGV is blocked in the calling thread, so a fault could not be recovered: "
+            "nothing was accessed");
+  EXPECT_NE(blocked, Error::fault_signal_blocked(SIGSEGV));
 }
 
 TEST(Error, Streaming) {

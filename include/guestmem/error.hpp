@@ -50,6 +50,7 @@
 //   SnapshotTruncated        file offset where data ends -          size needed/size found -
 //   SnapshotWrongBase        base named: high half   low half       base expected: high/low -
 //   SnapshotLayoutMismatch   guest base of the region size          region index/-      -
+//   FaultSignalBlocked       -                       -              -                   -   (+ signal)
 //
 // A snapshot's "chunk number" is 0 for its header and 1, 2, ... for its data chunks in file
 // order (see guestmem/snapshot.hpp).
@@ -193,6 +194,10 @@ enum class ErrorCode : std::uint8_t {
   /// are the guest base and size of the first region that differs (from the memory, or from
   /// the file when the memory has fewer regions), expected() its index.
   SnapshotLayoutMismatch,
+  /// A fault-tolerant access was refused before touching memory because the calling thread
+  /// blocks SIGSEGV or SIGBUS (signal()): the kernel kills the process for a fault whose
+  /// signal is blocked, so a fault could not have been recovered (see guestmem/fault.hpp).
+  FaultSignalBlocked,
 };
 
 /// The enumerator's name, for example "PartialBuffer".
@@ -279,6 +284,12 @@ class [[nodiscard]] Error {
     e.os_error_ = errnum;
     return e;
   }
+  /// A fault-tolerant access refused because the calling thread blocks `signal`.
+  static constexpr Error fault_signal_blocked(int signal) noexcept {
+    Error e(ErrorCode::FaultSignalBlocked);
+    e.signal_ = static_cast<std::uint8_t>(signal);
+    return e;
+  }
   static constexpr Error protection_violation(std::uint64_t address, std::uint64_t length,
                                               Permissions access) noexcept {
     Error e = at(ErrorCode::ProtectionViolation, address, length);
@@ -361,7 +372,7 @@ class [[nodiscard]] Error {
   [[nodiscard]] constexpr std::uint64_t completed() const noexcept { return completed_; }
   /// The errno of a failed system call, or 0.
   [[nodiscard]] constexpr int os_error() const noexcept { return os_error_; }
-  /// The signal of a Fault (SIGSEGV or SIGBUS), or 0.
+  /// The signal of a Fault or a FaultSignalBlocked (SIGSEGV or SIGBUS), or 0.
   [[nodiscard]] constexpr int signal() const noexcept { return signal_; }
 
   /// A readable one-line description carrying the addresses and counts, for example
