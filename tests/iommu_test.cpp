@@ -779,6 +779,250 @@ TEST(IommuMemory, StopOnError) {
   EXPECT_FALSE(mem.get_slices(ga(kVirt), 0, Permissions::Read)->next().has_value());
 }
 
+// ---------------------------------------------------------------- protection of the memory below
+
+// Four regions below, one page each: read-write at 0x0, read-only at 0x1000 (a file holding
+// kImageSeed, kImageSeed + 1, ...), write-only at 0x2000 and inaccessible at 0x3000. The
+// IOMMU maps IOVA 0x10000 + t to target t ReadWrite over all of them, so only the regions'
+// protection can refuse an access.
+struct ProtectedMemory {
+  static constexpr std::uint64_t kIovaBase = 0x10000;
+  static constexpr std::uint8_t kImageSeed = 5;
+
+  std::shared_ptr<const UniqueFd> rom_file =
+      std::make_shared<const UniqueFd>(testing::memfd(0x1000));
+  Mem mem;
+
+  explicit ProtectedMemory(IommuMode mode) : mem(below(rom_file), iommu(), mode) {}
+
+  // The address at which this memory reaches target `target`.
+  [[nodiscard]] GuestAddress at(std::uint64_t target) const {
+    return ga(mem.iommu_mode() == IommuMode::Translate ? kIovaBase + target : target);
+  }
+
+  static GuestMemoryMmap<> below(const std::shared_ptr<const UniqueFd>& file) {
+    const auto image = pattern(0x1000, kImageSeed);
+    EXPECT_EQ(::pwrite(file->get(), image.data(), image.size(), 0), 0x1000);
+    std::vector<GuestRegionMmap<>> regions;
+    auto add = [&](Result<MmapRegion<>> mapping, std::uint64_t base) {
+      EXPECT_TRUE(mapping.has_value()) << mapping.error();
+      regions.push_back(*GuestRegionMmap<>::create(std::move(*mapping), ga(base)));
+    };
+    add(MmapRegion<>::create(0x1000), 0x0);
+    add(MmapRegionBuilder<>(0x1000)
+            .with_file_offset(FileOffset(file, 0))
+            .with_protection(Protection::read())
+            .build(),
+        0x1000);
+    add(MmapRegionBuilder<>(0x1000).with_protection(Protection::write()).build(), 0x2000);
+    add(MmapRegionBuilder<>(0x1000).with_protection(Protection::none()).build(), 0x3000);
+    auto mem = GuestMemoryMmap<>::from_regions(std::move(regions));
+    EXPECT_TRUE(mem.has_value()) << mem.error();
+    return std::move(*mem);
+  }
+
+  static std::shared_ptr<Iommu> iommu() {
+    auto iommu = std::make_shared<Iommu>();
+    EXPECT_TRUE(iommu->set_mapping(ga(kIovaBase), ga(0x0), 0x4000, Permissions::ReadWrite).has_value());
+    return iommu;
+  }
+};
+
+Error protection_violation(std::uint64_t target, std::uint64_t length, Permissions access) {
+  return Error::protection_violation(target, length, access);
+}
+
+// The error of an item of a slice sequence, or std::nullopt when it is a view or missing.
+template <class T>
+std::optional<Error> error_of(const std::optional<Result<T>>& item) {
+  if (!item || item->has_value()) {
+    return std::nullopt;
+  }
+  return item->error();
+}
+
+// The checks that refuse without touching memory come first, so that code which ignores the
+// protection fails them before it writes to the read-only page and dies of SIGSEGV.
+void expect_writes_to_read_only_refused(IommuMode mode) {
+  ProtectedMemory p(mode);
+  const Mem& mem = p.mem;
+  const auto image = pattern(0x1000, ProtectedMemory::kImageSeed);
+  const auto data = pattern(0x20, 0x40);
+
+  EXPECT_FALSE(mem.check_range(p.at(0x1008), 4, Permissions::Write));
+  EXPECT_FALSE(mem.check_range(p.at(0xff0), 0x20, Permissions::Write));
+  EXPECT_TRUE(mem.check_range(p.at(0xff0), 0x10, Permissions::Write));
+  EXPECT_TRUE(mem.check_range(p.at(0xff0), 0x20, Permissions::Read));
+  EXPECT_EQ(mem.get_slice(p.at(0x1008), 4, Permissions::Write).error(),
+            protection_violation(0x1008, 4, Permissions::Write));
+  ASSERT_TRUE(mem.get_slice(p.at(0x1008), 4, Permissions::Read).has_value());
+  auto slices = mem.get_slices(p.at(0xff0), 0x20, Permissions::Write);
+  auto first = slices->next();
+  ASSERT_TRUE(first && first->has_value());
+  EXPECT_EQ((*first)->size(), 0x10u);
+  EXPECT_EQ(error_of(slices->next()), protection_violation(0x1000, 0x10, Permissions::Write));
+  EXPECT_FALSE(slices->next().has_value());
+
+  // Twice: the second round finds the translations (of reads and of writes) in the cache.
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round);
+    EXPECT_EQ(mem.read_obj<std::uint8_t>(p.at(0x1008)), Result<std::uint8_t>(static_cast<std::uint8_t>(ProtectedMemory::kImageSeed + 8)));
+    EXPECT_EQ(mem.write_obj(std::uint32_t{7}, p.at(0x1008)).error(),
+              protection_violation(0x1008, 4, Permissions::Write));
+    EXPECT_EQ(mem.store(std::uint16_t{7}, p.at(0x1ffe), std::memory_order_release).error(),
+              protection_violation(0x1ffe, 2, Permissions::Write));
+    EXPECT_EQ(mem.write(data, p.at(0x1000)).error(),
+              protection_violation(0x1000, 0x20, Permissions::Write));
+    EXPECT_EQ(mem.write_slice(data, p.at(0x1000)).error(),
+              protection_violation(0x1000, 0x20, Permissions::Write));
+    SpanReader reader(data);
+    EXPECT_EQ(mem.read_volatile_from(p.at(0x1000), reader, 0x10).error(),
+              protection_violation(0x1000, 0x10, Permissions::Write));
+    EXPECT_EQ(reader.remaining().size(), 0x20u) << "nothing was taken from the source";
+    // From writable memory into the read-only region: the access stops there, as at a hole.
+    EXPECT_EQ(mem.write(data, p.at(0xff0)), Result<std::size_t>(0x10));
+    EXPECT_EQ(mem.write_slice(data, p.at(0xff0)).error(), Error::partial_buffer(0x20, 0x10));
+    EXPECT_EQ(mem.read_volatile_from(p.at(0xff0), reader, 0x20), Result<std::size_t>(0x10));
+    EXPECT_FALSE(mem.check_range(p.at(0x1008), 4, Permissions::Write));
+    EXPECT_EQ(mem.get_slice(p.at(0x1008), 4, Permissions::Write).error(),
+              protection_violation(0x1008, 4, Permissions::Write));
+  }
+
+  // Reads see the file, which is unchanged, and the writable part before it took the writes.
+  std::vector<std::byte> back(0x20);
+  ASSERT_EQ(mem.read_slice(back, p.at(0xff0)), Result<void>());
+  EXPECT_TRUE(std::equal(back.begin(), back.begin() + 0x10, data.begin()));
+  EXPECT_TRUE(std::equal(back.begin() + 0x10, back.end(), image.begin()));
+  std::vector<std::byte> in_file(0x1000);
+  ASSERT_EQ(::pread(p.rom_file->get(), in_file.data(), in_file.size(), 0), 0x1000);
+  EXPECT_EQ(in_file, image);
+}
+
+TEST(IommuMemory, WriteToReadOnlyRegionIsAProtectionViolation) {
+  expect_writes_to_read_only_refused(IommuMode::Translate);
+}
+
+TEST(IommuMemory, WriteToReadOnlyRegionIsAProtectionViolationWithoutTranslation) {
+  expect_writes_to_read_only_refused(IommuMode::Passthrough);
+}
+
+// The write-only region refuses reads although the CPU would allow them; the inaccessible
+// one refuses everything (last: ignoring its protection dies of SIGSEGV).
+void expect_reads_of_unreadable_refused(IommuMode mode) {
+  ProtectedMemory p(mode);
+  const Mem& mem = p.mem;
+  std::array<std::byte, 8> buf{};
+
+  EXPECT_FALSE(mem.check_range(p.at(0x2000), 8, Permissions::Read));
+  EXPECT_TRUE(mem.check_range(p.at(0x2000), 8, Permissions::Write));
+  EXPECT_EQ(mem.get_slice(p.at(0x2000), 8, Permissions::Read).error(),
+            protection_violation(0x2000, 8, Permissions::Read));
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round);
+    ASSERT_EQ(mem.write_obj(std::uint64_t{0x1122334455667788}, p.at(0x2010)), Result<void>());
+    EXPECT_EQ(mem.read_obj<std::uint64_t>(p.at(0x2010)).error(),
+              protection_violation(0x2010, 8, Permissions::Read));
+    EXPECT_EQ(mem.load<std::uint32_t>(p.at(0x2010), std::memory_order_acquire).error(),
+              protection_violation(0x2010, 4, Permissions::Read));
+    EXPECT_EQ(mem.read(buf, p.at(0x2010)).error(), protection_violation(0x2010, 8, Permissions::Read));
+    std::vector<std::byte> out;
+    VectorWriter writer(out);
+    EXPECT_EQ(mem.write_volatile_to(p.at(0x2010), writer, 8).error(),
+              protection_violation(0x2010, 8, Permissions::Read));
+    EXPECT_TRUE(out.empty());
+    // A read from the read-only region into the write-only one stops at the boundary.
+    EXPECT_EQ(mem.read(buf, p.at(0x1ffc)), Result<std::size_t>(4));
+  }
+
+  EXPECT_FALSE(mem.check_range(p.at(0x3000), 1, Permissions::Read));
+  EXPECT_FALSE(mem.check_range(p.at(0x3000), 1, Permissions::Write));
+  EXPECT_EQ(mem.read_obj<std::uint32_t>(p.at(0x3004)).error(),
+            protection_violation(0x3004, 4, Permissions::Read));
+  EXPECT_EQ(mem.write_obj(std::uint32_t{1}, p.at(0x3004)).error(),
+            protection_violation(0x3004, 4, Permissions::Write));
+}
+
+TEST(IommuMemory, ReadOfUnreadableRegionIsAProtectionViolation) {
+  expect_reads_of_unreadable_refused(IommuMode::Translate);
+}
+
+TEST(IommuMemory, ReadOfUnreadableRegionIsAProtectionViolationWithoutTranslation) {
+  expect_reads_of_unreadable_refused(IommuMode::Passthrough);
+}
+
+// ---------------------------------------------------------------- moved-from objects
+
+TEST(IommuMemory, MovedFromReturnsErrors) {
+  auto phys = physical({{ga(0x0), 0x1000}});
+  auto iommu = std::make_shared<Iommu>();
+  ASSERT_TRUE(iommu->set_mapping(ga(0x10000), ga(0x0), 0x1000, Permissions::ReadWrite).has_value());
+  Mem mem(phys, iommu);
+  // The translation is cached before the move.
+  ASSERT_EQ(mem.write_obj(std::uint32_t{7}, ga(0x10010)), Result<void>());
+  ASSERT_EQ(mem.read_obj<std::uint32_t>(ga(0x10010)), Result<std::uint32_t>(7));
+
+  Mem moved(std::move(mem));
+  EXPECT_EQ(moved.read_obj<std::uint32_t>(ga(0x10010)), Result<std::uint32_t>(7));
+
+  // The moved-from object has no Iommu and no memory: every IOVA is without translation.
+  auto expect_unresolved = [](const Mem& empty) {
+    EXPECT_EQ(empty.iommu(), nullptr);
+    EXPECT_EQ(empty.backend().num_regions(), 0u);
+    EXPECT_EQ(empty.read_obj<std::uint32_t>(ga(0x10010)).error(), cannot_resolve(0x10010, 4));
+    EXPECT_EQ(empty.write_obj(std::uint32_t{1}, ga(0x10010)).error(), cannot_resolve(0x10010, 4));
+    EXPECT_EQ(empty.load<std::uint32_t>(ga(0x10010), std::memory_order_relaxed).error(),
+              cannot_resolve(0x10010, 4));
+    EXPECT_EQ(empty.store(std::uint32_t{1}, ga(0x10010), std::memory_order_relaxed).error(),
+              cannot_resolve(0x10010, 4));
+    std::array<std::byte, 8> buf{};
+    EXPECT_EQ(empty.read(buf, ga(0x10010)).error(), cannot_resolve(0x10010, 8));
+    EXPECT_EQ(empty.write(buf, ga(0x10010)).error(), cannot_resolve(0x10010, 8));
+    SpanReader reader(buf);
+    EXPECT_EQ(empty.read_volatile_from(ga(0x10010), reader, 8).error(), cannot_resolve(0x10010, 8));
+    std::vector<std::byte> out;
+    VectorWriter writer(out);
+    EXPECT_EQ(empty.write_volatile_to(ga(0x10010), writer, 8).error(), cannot_resolve(0x10010, 8));
+    EXPECT_EQ(empty.get_slice(ga(0x10010), 8, Permissions::Read).error(),
+              cannot_resolve(0x10010, 8));
+    EXPECT_FALSE(empty.check_range(ga(0x10010), 8, Permissions::Read));
+    EXPECT_EQ(error_of(empty.get_slices(ga(0x10010), 8, Permissions::Read)->next()),
+              cannot_resolve(0x10010, 8));
+    EXPECT_EQ(empty.read(std::span<std::byte>(), ga(0x10010)), Result<std::size_t>(0));
+  };
+  expect_unresolved(mem);
+
+  // Move assignment leaves the source in the same state, and the target works.
+  Mem assigned(physical({{ga(0x0), 0x1000}}), iommu);
+  ASSERT_EQ(assigned.read_obj<std::uint32_t>(ga(0x10010)), Result<std::uint32_t>(0));
+  assigned = std::move(moved);
+  EXPECT_EQ(assigned.read_obj<std::uint32_t>(ga(0x10010)), Result<std::uint32_t>(7));
+  expect_unresolved(moved);
+
+  // A moved-from object can be assigned a new value and copied.
+  const Mem copy = mem;
+  expect_unresolved(copy);
+  mem = assigned;
+  EXPECT_EQ(mem.read_obj<std::uint32_t>(ga(0x10010)), Result<std::uint32_t>(7));
+
+  // Without translation, the memory below is gone: the address is in no region.
+  Mem untranslated(phys, iommu, IommuMode::Passthrough);
+  Mem untranslated_target(std::move(untranslated));
+  EXPECT_EQ(untranslated_target.read_obj<std::uint32_t>(ga(0x10)), Result<std::uint32_t>(7));
+  EXPECT_EQ(untranslated.read_obj<std::uint32_t>(ga(0x10)).error(),
+            Error::invalid_guest_address(ga(0x10)));
+  EXPECT_EQ(untranslated.write_obj(std::uint32_t{1}, ga(0x10)).error(),
+            Error::invalid_guest_address(ga(0x10)));
+
+  // With an IOVA bitmap too.
+  using Tracked = IommuMemory<GuestMemoryMmap<>, RecordingBitmap>;
+  Tracked tracked(phys, iommu, std::make_shared<const RecordingBitmap>());
+  ASSERT_EQ(tracked.write_obj(std::uint32_t{9}, ga(0x10010)), Result<void>());
+  Tracked tracked_target(std::move(tracked));
+  EXPECT_EQ(tracked_target.read_obj<std::uint32_t>(ga(0x10010)), Result<std::uint32_t>(9));
+  EXPECT_EQ(tracked.write_obj(std::uint32_t{1}, ga(0x10010)).error(), cannot_resolve(0x10010, 4));
+  EXPECT_EQ(tracked.read_obj<std::uint32_t>(ga(0x10010)).error(), cannot_resolve(0x10010, 4));
+}
+
 // ---------------------------------------------------------------- concurrency
 
 TEST(IommuMemoryRace, TranslationsChangeUnderConcurrentReaders) {

@@ -286,10 +286,14 @@ class IommuBitmapSlice {
 ///
 /// Errors of the byte-access interface, beyond its usual ones: when the first piece cannot
 /// be translated, CannotResolve or PermissionDenied with the IOVA range (see Iommu); when a
-/// mapping points outside `M`, InvalidGuestAddress with the target address; a single access
-/// (load/store) that would span two pieces is Fragmented(iova, size, bytes in the first
-/// piece), one that is misaligned is Misaligned. A later piece that fails ends the access
-/// early, as a hole does. In Passthrough mode the errors are those of `M`.
+/// mapping points outside `M`, InvalidGuestAddress with the target address; when the region
+/// below refuses the access (a write to read-only memory, a read of memory that is not
+/// readable), ProtectionViolation(target address, bytes left in the access, access), the
+/// error `M` gives for the same access at the target, whatever the mapping's permissions
+/// say; a single access (load/store) that would span two pieces is Fragmented(iova, size,
+/// bytes in the first piece), one that is misaligned is Misaligned. A later piece that fails
+/// ends the access early, as a hole does. In Passthrough mode the errors are those of `M`,
+/// ProtectionViolation included.
 ///
 /// Dirty tracking: with `B` other than NoBitmap, a translated write is also reported to `B`
 /// at IOVA offsets (vhost-user logs writes by IOVA when the IOMMU is on). Writes are always
@@ -297,8 +301,9 @@ class IommuBitmapSlice {
 ///
 /// Translations are cached per IommuMemory object (a few entries, checked against the
 /// IOMMU's generation on every hit, each clipped to one region of `M` and holding its host
-/// address), so a hit costs a few loads and compares and takes no lock; with untracked
-/// regions it does not even look `M` up. A miss asks the Iommu, and through it maybe the miss
+/// address and the accesses that both the mapping and the region's protection allow), so a
+/// hit costs a few loads and compares and takes no lock; with untracked regions it does not
+/// even look `M` up. A miss asks the Iommu, and through it maybe the miss
 /// handler, on the calling thread. `M` must not change under the object (GuestMemoryMmap
 /// never does; hot-plug goes through with_replaced_backend).
 ///
@@ -348,10 +353,31 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     GUESTMEM_ASSERT(bitmap_ != nullptr, "IommuMemory needs its IOVA bitmap");
   }
 
+  /// Copies share the Iommu, the IOVA bitmap and the memory's regions, and start with an
+  /// empty translation cache.
   IommuMemory(const IommuMemory&) = default;
-  IommuMemory(IommuMemory&&) noexcept = default;
   IommuMemory& operator=(const IommuMemory&) = default;
-  IommuMemory& operator=(IommuMemory&&) noexcept = default;
+  /// A move leaves `other` without an Iommu, an IOVA bitmap or memory below, in its mode,
+  /// with an empty translation cache (which held host addresses of regions it no longer
+  /// owns). Such an object stays usable: a translated access fails as an IOVA without
+  /// translation does (CannotResolve), an untranslated one as an address in no region
+  /// (InvalidGuestAddress); iommu() is null. It may be assigned a new value.
+  IommuMemory(IommuMemory&& other) noexcept
+      : memory_(std::move(other.memory_)), iommu_(std::move(other.iommu_)),
+        bitmap_(std::move(other.bitmap_)), mode_(other.mode_) {
+    other.cache_.clear();
+  }
+  IommuMemory& operator=(IommuMemory&& other) noexcept {
+    if (this != &other) {
+      memory_ = std::move(other.memory_);
+      iommu_ = std::move(other.iommu_);
+      bitmap_ = std::move(other.bitmap_);
+      mode_ = other.mode_;
+      cache_.clear();
+      other.cache_.clear();
+    }
+    return *this;
+  }
   ~IommuMemory() = default;
 
   /// A memory with the same Iommu, IOVA bitmap and mode over `memory` (after hot-plug, or a
@@ -367,14 +393,16 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   void set_iommu_mode(IommuMode mode) noexcept { mode_ = mode; }
   [[nodiscard]] IommuMode iommu_mode() const noexcept { return mode_; }
 
-  /// The IOMMU, to update its mappings. Validity: while this object is alive.
+  /// The IOMMU, to update its mappings; null once this object was moved from.
+  /// Validity: while this object is alive.
   [[nodiscard]] const std::shared_ptr<Iommu>& iommu() const noexcept { return iommu_; }
   /// The memory below, whatever the mode (vm-memory's get_backend).
   [[nodiscard]] const M& backend() const noexcept { return memory_; }
-  /// The IOVA bitmap.
+  /// The IOVA bitmap. Preconditions: this object was not moved from (aborts otherwise).
   [[nodiscard]] const B& bitmap() const noexcept
     requires kIovaTracking
   {
+    GUESTMEM_ASSERT(bitmap_ != nullptr, "a moved-from IommuMemory has no IOVA bitmap");
     return *bitmap_;
   }
 
@@ -384,8 +412,9 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     return mode_ == IommuMode::Translate ? nullptr : &memory_;
   }
 
-  /// True when all of [addr, addr + count) can be accessed with `access` (true for count 0).
-  /// In Translate mode this may call the miss handler, like an access.
+  /// True when all of [addr, addr + count) can be accessed with `access` (true for count 0):
+  /// the IOMMU's permissions (in Translate mode) and the protection of the regions below
+  /// allow it. In Translate mode this may call the miss handler, like an access.
   [[nodiscard]] bool check_range(GuestAddress addr, std::size_t count, Permissions access) const {
     SliceIterator slices(this, addr, count, access);
     std::size_t total = 0;
@@ -410,14 +439,24 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
 
   /// One view of `count` bytes at `addr` for `access` (count 0: an empty view where `addr`
   /// translates to).
-  /// Errors: as the first piece of an access; Fragmented(addr, count, bytes contiguous) when
-  /// the range is not one contiguous host range. In Passthrough mode, M::get_slice's.
+  /// Errors: as the first piece of an access (count 0 is looked up as 1 byte);
+  /// Fragmented(addr, count, bytes contiguous) when the range is not one contiguous host
+  /// range. In Passthrough mode, M::get_slice's, then ProtectionViolation(addr, count,
+  /// access) when the region's protection does not allow `access`.
   [[nodiscard]] Result<slice_type> get_slice(GuestAddress addr, std::size_t count,
                                              Permissions access) const {
     if (mode_ == IommuMode::Passthrough) {
-      auto slice = memory_.get_slice(addr, count);
+      // M::get_slice's lookup, with the protection check its views leave to the caller.
+      auto found = memory_.to_region_addr(addr);
+      if (!found) {
+        return std::unexpected(Error::invalid_guest_address(addr));
+      }
+      auto slice = found->first->get_slice(found->second, count);
       if (!slice) {
         return std::unexpected(slice.error());
+      }
+      if (!found->first->mapping().permits(access)) {
+        return std::unexpected(Error::protection_violation(addr.raw_value(), count, access));
       }
       return untranslated(*slice);
     }
@@ -459,17 +498,27 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     }
   }
 
-  // The first piece of `M` at `target`, at most `count` bytes.
+  // The first piece of `M` at `target`, at most `count` bytes, for `access`: M's error
+  // (InvalidGuestAddress, or ProtectionViolation when the region's protection refuses the
+  // access) when there is none.
   GUESTMEM_ALWAYS_INLINE std::optional<Result<PhysicalSlice>> physical_piece(
-      std::uint64_t target, std::size_t count) const {
-    return memory_.get_slices(GuestAddress{target}, count).next();
+      std::uint64_t target, std::size_t count, Permissions access) const {
+    return memory_.get_slices(GuestAddress{target}, count, access)->next();
   }
 
   // Where `iova` translates for `access`: the cache, else the Iommu (and its handler). The
   // cache gets the part of the IOTLB entry whose targets lie in the region holding the
-  // target of `iova`, with its host address; a target outside memory is not cached.
+  // target of `iova`, with its host address and the accesses that both the entry's
+  // permissions and the region's protection allow; a target outside memory is not cached.
+  // Errors: the Iommu's; ProtectionViolation(target, count, access) when the region's
+  // protection refuses the access; CannotResolve once this object was moved from.
   Result<detail::IotlbCache::Hit> lookup(std::uint64_t iova, std::size_t count,
                                          Permissions access) const {
+    if (iommu_ == nullptr) [[unlikely]] {
+      // Moved from: no IOVA has a translation (the error of an empty Iommu without handler).
+      return std::unexpected(
+          Error::at(ErrorCode::CannotResolve, iova, std::max<std::size_t>(count, 1)));
+    }
     if (auto hit = cache_.find(iova, access, iommu_->generation())) {
       return *hit;
     }
@@ -491,8 +540,14 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     before = std::min(before, offset);
     after = std::min<std::uint64_t>(after, region->first->len() - offset);
     std::uint8_t* const base = region->first->as_volatile_slice().unsafe_host_ptr();
+    // A hit must never grant what the region's protection refuses: the CPU would fault on
+    // a write to read-only memory, or a read of inaccessible memory, and kill the process.
+    const Permissions protection = region->first->mapping().protection().as_permissions();
     cache_.insert(iova, iova - before, iova + after, target - before, base + (offset - before),
-                  entry.permissions, found->generation);
+                  entry.permissions & protection, found->generation);
+    if (!protection.allow(access)) {
+      return std::unexpected(Error::protection_violation(target, count, access));
+    }
     return detail::IotlbCache::Hit{target, base + offset, after};
   }
 
@@ -503,7 +558,8 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     if (!hit) {
       return std::unexpected(hit.error());
     }
-    auto piece = physical_piece(hit->target, std::min<std::uint64_t>(count, hit->available));
+    auto piece =
+        physical_piece(hit->target, std::min<std::uint64_t>(count, hit->available), access);
     if (!piece->has_value()) {
       return std::unexpected(piece->error());
     }
@@ -515,7 +571,7 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
     if (mode_ == IommuMode::Translate) {
       return translated_piece(addr, count, access);
     }
-    auto piece = physical_piece(addr.raw_value(), count);
+    auto piece = physical_piece(addr.raw_value(), count, access);
     if (!piece->has_value()) {
       return std::unexpected(piece->error());
     }
@@ -523,32 +579,37 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   }
 
   // Byte-access hook: the first piece of [addr, addr + count). A cached translation and the
-  // memory's own fast lookup; everything else out of line.
+  // memory's own fast lookup; everything else (a miss, a moved-from object) out of line.
   GUESTMEM_ALWAYS_INLINE std::optional<slice_type> first_piece(GuestAddress addr,
                                                                std::size_t count,
                                                                Permissions access) const {
     if (mode_ == IommuMode::Translate) [[likely]] {
-      const auto hit = cache_.find(addr.raw_value(), access, iommu_->generation());
-      if (hit) [[likely]] {
-        const std::uint64_t n = std::min<std::uint64_t>(count, hit->available);
-        if constexpr (kPhysicalTracking) {
-          auto piece = physical_piece(hit->target, n);
-          if (piece->has_value()) [[likely]] {
+      const Iommu* const iommu = iommu_.get();
+      if (iommu != nullptr) [[likely]] {
+        const auto hit = cache_.find(addr.raw_value(), access, iommu->generation());
+        if (hit) [[likely]] {
+          const std::uint64_t n = std::min<std::uint64_t>(count, hit->available);
+          if constexpr (kPhysicalTracking) {
+            auto piece = physical_piece(hit->target, n, access);
+            if (piece->has_value()) [[likely]] {
+              forget_failure();
+              return translated(**piece, addr.raw_value());
+            }
+          } else {
             forget_failure();
-            return translated(**piece, addr.raw_value());
+            // SAFETY: a cache entry covers host bytes of one region of memory_, from `host`
+            // on for `available` bytes (lookup() clips it to the region), and hits only for
+            // accesses that the region's protection allows (lookup() caches the entry's
+            // permissions less what the protection refuses). memory_ keeps the region mapped
+            // and never changes while this cache exists: copies and assignments start with
+            // an empty cache, and a move empties the cache of the object moved from.
+            return translated(PhysicalSlice::from_raw_parts(hit->host, n), addr.raw_value());
           }
-        } else {
-          forget_failure();
-          // SAFETY: a cache entry covers host bytes of one region of memory_, from `host` on
-          // for `available` bytes (lookup() clips it to the region). memory_ keeps the region
-          // mapped and never changes while this cache exists: copies and assignments start
-          // with an empty cache.
-          return translated(PhysicalSlice::from_raw_parts(hit->host, n), addr.raw_value());
         }
       }
       return first_piece_slow(addr, count, access);
     }
-    auto piece = physical_piece(addr.raw_value(), count);
+    auto piece = physical_piece(addr.raw_value(), count, access);
     if (!piece->has_value()) [[unlikely]] {
       return std::nullopt;
     }
@@ -603,13 +664,16 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
 
   // How many of the `size` bytes at `addr` one host range holds now, without the handler.
   std::uint64_t contiguous_bytes(GuestAddress addr, std::size_t size) const {
+    if (iommu_ == nullptr) {
+      return 0;
+    }
     auto entry = iommu_->entry_at(addr);
     if (!entry) {
       return 0;
     }
     const std::uint64_t offset = addr.raw_value() - entry->iova.raw_value();
     const std::uint64_t mapped = std::min<std::uint64_t>(size, entry->length - offset);
-    auto piece = physical_piece(entry->target.raw_value() + offset, mapped);
+    auto piece = physical_piece(entry->target.raw_value() + offset, mapped, Permissions::No);
     return piece->has_value() ? (*piece)->size() : 0;
   }
 

@@ -22,7 +22,9 @@ namespace guestmem::detail {
 /// A few IOTLB entries, direct-mapped by 4 KiB page of the IOVA, each tagged with the IOMMU
 /// generation it was read at. An entry is used only while the IOMMU's generation is still the
 /// tag: every change that removes or alters a translation moves the generation on, so a hit
-/// is never staler than the last such change.
+/// is never staler than the last such change. An entry's permissions are what its user may
+/// do through it (IommuMemory stores the IOTLB entry's permissions less what the protection
+/// of the memory below refuses); a hit needs every right the access asks for.
 ///
 /// Each slot is a sequence lock over atomic words: a reader takes the words, then checks that
 /// the sequence number is even and unchanged; a writer that finds the slot busy skips it (the
@@ -70,7 +72,8 @@ class IotlbCache {
   }
 
   /// Remembers, in the slot of `iova`, that [start, end) (which holds `iova`) maps to
-  /// `target`, at host address `host`, with `permissions` at `generation`.
+  /// `target`, at host address `host`, for the accesses `permissions` allows, at
+  /// `generation`.
   void insert(std::uint64_t iova, std::uint64_t start, std::uint64_t end, std::uint64_t target,
               std::uint8_t* host, Permissions permissions,
               std::uint64_t generation) const noexcept {
@@ -90,6 +93,14 @@ class IotlbCache {
     slot.sequence.store(sequence + 2, std::memory_order_release);
   }
 
+  /// Forgets every entry. Concurrency: no other call on this cache may run at the same time.
+  void clear() noexcept {
+    for (Slot& slot : slots_) {
+      slot.start.store(0, std::memory_order_relaxed);
+      slot.end.store(0, std::memory_order_relaxed);
+    }
+  }
+
  private:
   static constexpr std::size_t kSlots = 8;
   static constexpr unsigned kPageShift = 12;
@@ -107,13 +118,6 @@ class IotlbCache {
 
   [[nodiscard]] static constexpr std::size_t index(std::uint64_t iova) noexcept {
     return static_cast<std::size_t>(iova >> kPageShift) % kSlots;
-  }
-
-  void clear() noexcept {
-    for (Slot& slot : slots_) {
-      slot.start.store(0, std::memory_order_relaxed);
-      slot.end.store(0, std::memory_order_relaxed);
-    }
   }
 
   // An entry sits in the slot of the page it was looked up for; other pages of the same
