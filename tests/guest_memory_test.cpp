@@ -1067,5 +1067,25 @@ TEST(GuestMemoryMmapRace, NonAtomicAccessU16) { NonAtomicAccessAtRegionJunction<
 TEST(GuestMemoryMmapRace, NonAtomicAccessU32) { NonAtomicAccessAtRegionJunction<std::uint32_t>(); }
 TEST(GuestMemoryMmapRace, NonAtomicAccessU64) { NonAtomicAccessAtRegionJunction<std::uint64_t>(); }
 
+TEST(GuestMemoryMmap, NullRegionIsRefused) {
+  using Mem = GuestMemoryMmap<>;
+  auto region = std::make_shared<const GuestRegionMmap<>>(
+      *GuestRegionMmap<>::create(*MmapRegion<>::create(0x1000), GuestAddress{0x1000}));
+  const Error no_region = Error::at(ErrorCode::InvalidGuestRegion, 0, 0);
+
+  EXPECT_EQ(Mem::from_arc_regions({nullptr}).error(), no_region);
+  EXPECT_EQ(Mem::from_arc_regions({region, nullptr}).error(), no_region);
+  EXPECT_EQ(Mem::from_arc_regions({nullptr, region}).error(), no_region);
+
+  auto mem = Mem::from_arc_regions({region});
+  ASSERT_TRUE(mem.has_value()) << mem.error();
+  EXPECT_EQ(mem->insert_region(nullptr).error(), no_region);
+  EXPECT_EQ(Mem().insert_region(nullptr).error(), no_region);
+  // The memory is unchanged and still works.
+  ASSERT_EQ(mem->num_regions(), 1u);
+  EXPECT_EQ(mem->write_obj(std::uint32_t{0x01020304}, GuestAddress{0x1ffc}), Result<void>());
+  EXPECT_EQ(mem->read_obj<std::uint32_t>(GuestAddress{0x1ffc}), Result<std::uint32_t>(0x01020304));
+}
+
 }  // namespace
 }  // namespace guestmem

@@ -130,9 +130,15 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   }
 
   /// As from_regions, for regions that may also belong to other memories.
+  /// Errors, first failure wins: NoMemoryRegion; InvalidGuestRegion(0, 0) when a pointer is
+  /// null; then, per adjacent pair, UnsortedMemoryRegions or MemoryRegionOverlap.
   static Result<GuestMemoryMmap> from_arc_regions(std::vector<RegionPtr> regions) {
     if (regions.empty()) {
       return std::unexpected(Error(ErrorCode::NoMemoryRegion));
+    }
+    // A null pointer is no region: refused before anything dereferences it.
+    if (std::ranges::any_of(regions, [](const RegionPtr& r) { return r == nullptr; })) {
+      return std::unexpected(null_region_error());
     }
     for (std::size_t i = 1; i < regions.size(); ++i) {
       const region_type& prev = *regions[i - 1];
@@ -150,8 +156,12 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   }
 
   /// A new memory with `region` added; this one is unchanged.
-  /// Errors: MemoryRegionOverlap when it overlaps a region already present.
+  /// Errors: InvalidGuestRegion(0, 0) when `region` is null; MemoryRegionOverlap when it
+  /// overlaps a region already present.
   [[nodiscard]] Result<GuestMemoryMmap> insert_region(RegionPtr region) const {
+    if (region == nullptr) {
+      return std::unexpected(null_region_error());
+    }
     std::vector<RegionPtr> regions = regions_;
     auto at = std::upper_bound(regions.begin(), regions.end(), region->start_addr(),
                                [](GuestAddress a, const RegionPtr& r) { return a < r->start_addr(); });
@@ -336,6 +346,12 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     std::swap(slot_data_, other.slot_data_);
     hint_.store(slot_data_, std::memory_order_relaxed);
     other.hint_.store(other.slot_data_, std::memory_order_relaxed);
+  }
+
+  // The error for a null region pointer: an invalid region with neither base nor size (no
+  // real region has size 0, so it is never confused with one).
+  static constexpr Error null_region_error() noexcept {
+    return Error::at(ErrorCode::InvalidGuestRegion, 0, 0);
   }
 
   static Result<RegionPtr> make_region(Result<MmapRegion<B>> mapping, GuestAddress base) {
