@@ -7,9 +7,22 @@ namespace guestmem {
 
 namespace detail {
 
-void note_dirty_word(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t w) noexcept {
-  // Release: a reset that finds the bit takes the word after the fetch_or that set it.
-  summary_of(words, pages)[w / 64].fetch_or(std::uint64_t{1} << (w % 64), std::memory_order_release);
+void set_bits_slow(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t w,
+                   std::uint64_t mask) noexcept {
+  // Release: a reset that takes these bits sees the data stores of the write. Acquire: a
+  // fetch_or that follows a reset's exchange of the word sees that reset's clear of the
+  // summary bit in the load below, and sets the bit again.
+  words[w].fetch_or(mask, std::memory_order_acq_rel);
+  // Checked whatever the fetch_or returned: the writer that made the word non-zero may not
+  // have set the summary bit yet, and this write must not return before the bit is set.
+  if (summary_has(words, pages, w)) {
+    return;
+  }
+  // Release, with the acquire of a reset's exchange of the summary: a reset that finds the bit
+  // exchanges the word after the fetch_or above. (The argument above set_bits does not rely
+  // on it.)
+  summary_of(words, pages)[w / 64].fetch_or(std::uint64_t{1} << (w % 64),
+                                            std::memory_order_release);
 }
 
 void mark_words(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t first,
@@ -45,13 +58,16 @@ void AtomicBitmap::take_dirty_words(Take&& take) const {
     if (summary[k].load(std::memory_order_relaxed) == 0) {
       continue;
     }
-    // Clear the summary bits first: a word made non-zero after its exchange below sets its
-    // bit again, for the next reset.
+    // Clear the summary bits first: a write to a word after its exchange below finds its
+    // summary bit clear and sets it again, for the next reset.
     for (std::uint64_t bits = summary[k].exchange(0, std::memory_order_acquire); bits != 0;
          bits &= bits - 1) {
       const std::size_t w = k * 64 + static_cast<std::size_t>(std::countr_zero(bits));
-      // An exchange, not a store: a bit set between a load and here would be lost.
-      take(w, words_[w].exchange(0, std::memory_order_acquire));
+      // An exchange, not a store: a bit set between a load and here would be lost. Acquire:
+      // the data of the writes whose bits it takes is visible to the caller. Release: a write
+      // whose acquire reads a later value of the word sees the summary clear above, so it
+      // does not return before setting the bit again.
+      take(w, words_[w].exchange(0, std::memory_order_acq_rel));
     }
   }
   // A write that found its bit set before the exchange is now visible to the caller's copy;
@@ -103,6 +119,7 @@ void AtomicBitmap::reset_range(std::size_t offset, std::size_t len) const {
     const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
     const unsigned hi = w == last / 64 ? static_cast<unsigned>(last % 64) : 63U;
     const std::uint64_t mask = detail::bit_range(lo, hi);
+    // The summary bit stays: it only makes a later reset look at a word that may be clean.
     if ((words_[w].load(std::memory_order_relaxed) & mask) != 0) {
       words_[w].fetch_and(~mask, std::memory_order_relaxed);
     }

@@ -364,5 +364,135 @@ TEST(AtomicBitmapConcurrency, GetAndResetUnderWritersLosesNoDirtyBit) {
   EXPECT_GT(rounds, 10);
 }
 
+// What the writer threads of the reset stress tests mark in each word of the bitmap.
+enum class OtherWriters {
+  // One of pages 1..63 of the word, never page 0: the main thread's mark of page 0 does its
+  // fetch_or and finds the word already non-zero.
+  OtherPagesOfTheWord,
+  // Pages 0..n for a growing n: the main thread's mark of page 0 often finds its bit already
+  // set and does no atomic read-modify-write at all. (Each mark still sets a new bit, so that
+  // the writers keep the pace of the other case.)
+  PageZeroToo,
+};
+
+// The words of the reset stress tests' bitmaps: 64 pages each, four summary words.
+constexpr std::size_t kStressWords = 256;
+
+// Four writer threads keep re-dirtying every word of a kStressWords-word bitmap while the main
+// thread marks page 0 of every word through `mark_page_0(word)` and then calls get_and_reset.
+// Those marks returned before the reset started and nothing else resets the bitmap, so every
+// reset must report page 0 of every word; returns how many times one did not, and the rounds
+// run in `rounds`.
+//
+// A word is at risk right after a reset, while the writer that makes it non-zero again has
+// not yet recorded that in the summary; the window is a few instructions long. Two more
+// threads sleep for a few microseconds and then spin, so that the scheduler switches writers
+// out at arbitrary instructions far more often than its time slices would, and sometimes
+// inside that window. Threads are started afresh for each of several short bursts, because how
+// the scheduler places them changes how often that happens.
+template <class MarkPage0>
+int page_0s_missed_by_resets(const AtomicBitmap& bitmap, OtherWriters others,
+                             MarkPage0 mark_page_0, int& rounds) {
+  constexpr int kBursts = 6;
+  constexpr auto kBurstTime = std::chrono::milliseconds(150);
+  constexpr int kMinRoundsPerBurst = 100;
+  int missed = 0;
+  rounds = 0;
+  for (int burst = 0; burst < kBursts; ++burst) {
+    std::atomic<bool> stop{false};
+    std::atomic<std::uint64_t> writer_marks{0};
+    std::vector<std::thread> threads;
+    for (std::size_t t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        std::uint64_t marks = 0;
+        for (std::size_t i = t; !stop.load(std::memory_order_relaxed); ++i) {
+          const std::size_t word = i % kStressWords;
+          const std::size_t n = 1 + (i / kStressWords) % 63;
+          if (others == OtherWriters::PageZeroToo) {
+            bitmap.mark_dirty(word * 64 * bitmap.page_size(), (n + 1) * bitmap.page_size());
+          } else {
+            bitmap.mark_dirty((word * 64 + n) * bitmap.page_size(), 1);
+          }
+          ++marks;
+        }
+        writer_marks.fetch_add(marks);
+      });
+    }
+    for (int t = 0; t < 2; ++t) {
+      threads.emplace_back([&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+          std::this_thread::sleep_for(std::chrono::microseconds(10));
+          const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+          while (std::chrono::steady_clock::now() < until) {
+          }
+        }
+      });
+    }
+    const auto deadline = std::chrono::steady_clock::now() + kBurstTime;
+    for (int r = 0; r < kMinRoundsPerBurst || std::chrono::steady_clock::now() < deadline;
+         ++r, ++rounds) {
+      for (std::size_t w = 0; w < kStressWords; ++w) {
+        mark_page_0(w);
+      }
+      const std::vector<std::uint64_t> words = bitmap.get_and_reset();
+      for (std::size_t w = 0; w < kStressWords; ++w) {
+        if ((words[w] & 1U) == 0) {
+          ++missed;
+        }
+      }
+    }
+    stop.store(true);
+    for (auto& t : threads) {
+      t.join();
+    }
+    // The writers ran throughout: without them the test checks nothing concurrent.
+    EXPECT_GT(writer_marks.load(), std::uint64_t{kMinRoundsPerBurst});
+  }
+  return missed;
+}
+
+// A write that returned before get_and_reset started is reported by it, even while another
+// writer has made the word non-zero and not yet recorded that in the summary.
+TEST(AtomicBitmapConcurrency, ResetReportsEveryWriteThatReturnedBeforeIt) {
+  const AtomicBitmap bitmap(kStressWords * 64 * 4096);
+  int rounds = 0;
+  const int missed = page_0s_missed_by_resets(
+      bitmap, OtherWriters::OtherPagesOfTheWord,
+      [&](std::size_t w) { bitmap.mark_dirty(w * 64 * 4096 + 100, 8); }, rounds);
+  EXPECT_EQ(missed, 0) << "pages written just before a reset and not reported by it, in "
+                       << rounds << " rounds of " << kStressWords << " pages";
+}
+
+// As above, when the write finds its bit already set by a writer that has not yet recorded
+// the word in the summary: the write must not return before the summary has its bit.
+TEST(AtomicBitmapConcurrency, ResetReportsAWriteThatFoundItsBitAlreadySet) {
+  const AtomicBitmap bitmap(kStressWords * 64 * 4096);
+  int rounds = 0;
+  const int missed = page_0s_missed_by_resets(
+      bitmap, OtherWriters::PageZeroToo,
+      [&](std::size_t w) { bitmap.mark_dirty(w * 64 * 4096 + 100, 8); }, rounds);
+  EXPECT_EQ(missed, 0) << "pages written just before a reset and not reported by it, in "
+                       << rounds << " rounds of " << kStressWords << " pages";
+}
+
+// The same guarantee through the write path of tracked guest memory.
+TEST(AtomicBitmapConcurrency, ResetReportsEveryGuestWriteThatReturnedBeforeIt) {
+  auto built =
+      GuestMemoryMmap<AtomicBitmap>::from_ranges({{GuestAddress{0}, kStressWords * 64 * 4096}});
+  ASSERT_TRUE(built.has_value());
+  const auto& mem = *built;
+  const AtomicBitmap& bitmap = mem.region_ptrs()[0]->bitmap();
+  int rounds = 0;
+  std::uint64_t value = 0;
+  const int missed = page_0s_missed_by_resets(
+      bitmap, OtherWriters::OtherPagesOfTheWord,
+      [&](std::size_t w) {
+        EXPECT_TRUE(mem.write_obj(++value, GuestAddress{w * 64 * 4096 + 0x100}).has_value());
+      },
+      rounds);
+  EXPECT_EQ(missed, 0) << "pages written just before a reset and not reported by it, in "
+                       << rounds << " rounds of " << kStressWords << " pages";
+}
+
 }  // namespace
 }  // namespace guestmem

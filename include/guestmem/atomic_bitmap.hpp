@@ -7,17 +7,23 @@
 //
 // What makes it cheap:
 // - mark_dirty sets whole words with one atomic operation each (not one per page), and none
-//   at all when the bits are already set: a write to a page that is already dirty costs one
-//   load. That shortcut is only correct because get_and_reset pays an asymmetric fence
-//   (detail/asymmetric_fence.hpp): a write that found its bit set is either seen by the
-//   reset that clears the bit, or finds the bit cleared and sets it again.
+//   at all when the bits are already set: a write to a page that is already dirty costs two
+//   loads (its word and the word's summary bit, below). That shortcut is only correct because
+//   get_and_reset pays an asymmetric fence (detail/asymmetric_fence.hpp): a write that found
+//   its bit set is either seen by the reset that clears the bit, or finds the bit cleared and
+//   sets it again.
 // - get_and_reset and reset visit only the words that may be dirty: a summary keeps one bit
-//   per word, set by the write that made the word non-zero (one more atomic operation, once
-//   per word per round), so a reset of mostly clean memory reads 1/64 of the bitmap.
+//   per word, set by the first write that finds it clear after the word's bits were set (one
+//   more atomic operation, about once per word per round), so a reset of mostly clean memory
+//   reads 1/64 of the bitmap.
 //
-// Guarantee: every page written (with a guestmem write path) after one get_and_reset returns
-// is reported by a later one, and a caller that copies the pages a reset reports, after it
-// returns, copies data at least as new as every write that reset accounts for.
+// Guarantee: a write that returned before a get_and_reset started is reported by it, or by a
+// reset that took the page first; every page written (with a guestmem write path) after one
+// get_and_reset returns is reported by a later one; and a caller that copies the pages a reset
+// reports, after it returns, copies data at least as new as every write that reset accounts
+// for.
+//
+// The marking protocol, and why it keeps the guarantee, is described above detail::set_bits.
 //
 //   auto mem = GuestMemoryMmap<AtomicBitmap>::from_ranges({{GuestAddress{0}, 1 << 30}});
 //   ...
@@ -51,9 +57,9 @@ namespace detail {
 
 // The words of a bitmap of `pages` pages; the summary follows them in the same array, one bit
 // per word (bit w % 64 of summary word w / 64), set when word w may be non-zero. A word is
-// only ever made non-zero by an operation that then sets its summary bit (set_bits, merge),
-// and resets clear the summary bit before the word, so a reset that finds the bit clear
-// skips a word that is clean or whose writer has yet to set the bit (the next reset sees it).
+// only ever made non-zero by set_bits (mark_dirty and merge), which then makes sure its summary
+// bit is set before returning, and resets clear the summary bit before the word (the protocol
+// is described above set_bits).
 [[nodiscard]] constexpr std::size_t words_for(std::size_t pages) noexcept {
   return (pages + 63) / 64;
 }
@@ -62,18 +68,60 @@ namespace detail {
   return words + words_for(pages);
 }
 
-// Records in the summary that word `w` became non-zero.
-void note_dirty_word(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t w) noexcept;
+// Whether word `w`'s summary bit is set.
+[[nodiscard]] GUESTMEM_ALWAYS_INLINE bool summary_has(const std::atomic<std::uint64_t>* words,
+                                                      std::size_t pages, std::size_t w) noexcept {
+  const std::atomic<std::uint64_t>& summary = words[words_for(pages) + w / 64];
+  return ((summary.load(std::memory_order_relaxed) >> (w % 64)) & 1U) != 0;
+}
 
-// Sets `mask` in word `w`: one atomic operation, or none when the bits are already set (and
-// one more, rarely, for the summary when the word was clean).
+// The slow path of set_bits: sets `mask` in word `w` (one atomic operation), then the word's
+// summary bit when it is clear (one more, about once per word per round).
+void set_bits_slow(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t w,
+                   std::uint64_t mask) noexcept;
+
+// The marking protocol (W is a word, S its summary word). No write returns while its word's
+// summary bit may be clear: one whose fetch_or found the word already non-zero, or whose load
+// found its bits already set, still checks S itself. Relying on the writer that made the word
+// non-zero to set the bit is not enough: preempted between its fetch_or and its S.fetch_or, it
+// would hide every other write to the word from resets.
+// - A write either sets its bits (slow path: W.fetch_or acq_rel, then a relaxed load of S and,
+//   when the word's summary bit is clear, S.fetch_or) or returns without a read-modify-write
+//   (fast path: W.load acquire finds every bit of its mask set, then a relaxed load of S finds
+//   the word's summary bit set). A reset does S.exchange(0) and then W.exchange(0, acq_rel)
+//   for each bit it got, then the heavy fence; it skips W when its load or exchange of S finds
+//   the bit clear. Every modification of W is a read-modify-write, so every value of W after a
+//   reset's W.exchange is in that exchange's release sequence.
+// - Why a write M that returned before a reset R started is reported: suppose R finds W's
+//   summary bit clear. Let v be the value of S that M last saw (read, or wrote with its
+//   S.fetch_or); it has the bit. M's access to S happens before R's, so R reads v or a later
+//   value (coherence); the first value after v without the bit was written by the S.exchange
+//   of a reset R' (before R in S's order), which then exchanges W. Suppose R''s W.exchange
+//   came before M's access to W in W's modification order. Then M's acquire (fetch_or or
+//   load) reads from that exchange's release sequence and synchronizes with it, so R''s
+//   S.exchange happens before M's access to S, and coherence puts M's access to S after R''s
+//   S.exchange: a contradiction, since v came before it. So R''s W.exchange comes after M's
+//   fetch_or, or after the value M's load saw: R' (or a reset between the two, or a
+//   reset_range the caller asked for) took M's bits.
+// - Data: a slow-path write's data stores precede its release fetch_or, which the taking
+//   reset's acquire exchange reads from; a fast-path write is covered by the asymmetric
+//   fence, because its load read a value from before the taking reset's exchange.
+// - reset_range clears bits with fetch_and and leaves the summary alone: it visits every word
+//   of its range, so it has no summary bit to miss, and a word it clears only makes a later
+//   reset look at a clean word. A write concurrent with it may or may not be cleared; one that
+//   returned before it is (the caller asked for that).
+//
+// Sets `mask` in word `w`: no atomic operation when the bits and the word's summary bit are
+// already set, else the slow path. The load of the word is an acquire: a word value written
+// after a reset's exchange of the word then makes the summary load see that reset's clear,
+// and the write takes the slow path instead of returning while the bit is clear.
 GUESTMEM_ALWAYS_INLINE void set_bits(std::atomic<std::uint64_t>* words, std::size_t pages,
                                      std::size_t w, std::uint64_t mask) noexcept {
-  if ((words[w].load(std::memory_order_relaxed) & mask) != mask) {
-    if (words[w].fetch_or(mask, std::memory_order_release) == 0) [[unlikely]] {
-      note_dirty_word(words, pages, w);
-    }
+  if ((words[w].load(std::memory_order_acquire) & mask) == mask && summary_has(words, pages, w))
+      [[likely]] {
+    return;
   }
+  set_bits_slow(words, pages, w, mask);
 }
 
 // The pages first..last span several words (a write of more than 64 pages, or across a
@@ -82,7 +130,8 @@ void mark_words(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_
                 std::size_t last) noexcept;
 
 // Sets the bits of the pages [offset, offset + len) touch, within `pages` pages; one atomic
-// operation per word that lacks a bit, none for words that have them all.
+// operation per word that lacks a bit (two when the word's summary bit is clear), none for
+// words that have them all.
 GUESTMEM_ALWAYS_INLINE void mark_pages(std::atomic<std::uint64_t>* words, std::size_t pages,
                                        unsigned shift, std::size_t offset,
                                        std::size_t len) noexcept {
@@ -194,7 +243,8 @@ class AtomicBitmap {
   [[nodiscard]] std::vector<std::uint64_t> to_words() const;
   /// Clears every page.
   void reset() const;
-  /// Clears the pages [offset, offset + len) touch; parts past the end are ignored.
+  /// Clears the pages [offset, offset + len) touch; parts past the end are ignored. A write
+  /// that returned before the call is cleared; one concurrent with it may or may not be.
   void reset_range(std::size_t offset, std::size_t len) const;
   /// Marks the pages set in `words` (KVM_GET_DIRTY_LOG's layout, from KVM or a peer) as dirty.
   /// Errors: InvalidBitmap when `words` is not num_words() long or sets a bit past the last
