@@ -12,7 +12,9 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "guestmem/atomic_bitmap.hpp"
 #include "guestmem/endian.hpp"
 
 #include <gtest/gtest.h>
@@ -307,6 +309,39 @@ TEST(MmapRegion, CacheLineSizeIsTheSystems) {
   }
   EXPECT_EQ(line, reported);
 #endif
+}
+
+// A bitmap shorter than the mapping would ignore the writes past its end, so migration would
+// never copy those pages again: build() refuses it before mapping anything.
+TEST(MmapRegionBuilder, RefusesABitmapSmallerThanTheMapping) {
+  constexpr std::size_t kSize = 0x100000;
+  auto one_page = MmapRegionBuilder<AtomicBitmap>(kSize).with_bitmap(AtomicBitmap(0x1000)).build();
+  ASSERT_FALSE(one_page.has_value());
+  EXPECT_EQ(one_page.error(), Error::at(ErrorCode::InvalidBitmap, 0x1000, kSize));
+  auto one_byte_short =
+      MmapRegionBuilder<AtomicBitmap>(kSize).with_bitmap(AtomicBitmap(kSize - 1)).build();
+  ASSERT_FALSE(one_byte_short.has_value());
+  EXPECT_EQ(one_byte_short.error(), Error::at(ErrorCode::InvalidBitmap, kSize - 1, kSize));
+  auto external = MmapRegionBuilder<AtomicBitmap>(kSize)
+                      .with_bitmap(AtomicBitmap(0x1000))
+                      .unsafe_with_raw_mmap_pointer(reinterpret_cast<std::uint8_t*>(kPage))
+                      .build();
+  ASSERT_FALSE(external.has_value()) << "checked for memory mapped by someone else too";
+  EXPECT_EQ(external.error(), Error::at(ErrorCode::InvalidBitmap, 0x1000, kSize));
+
+  // A bitmap of exactly the mapping's size is accepted and sees a write to the last page.
+  auto exact = MmapRegionBuilder<AtomicBitmap>(kSize).with_bitmap(AtomicBitmap(kSize)).build();
+  ASSERT_TRUE(exact.has_value()) << exact.error();
+  ASSERT_TRUE(exact->write_obj_volatile(std::uint64_t{1}, 0x80000).has_value());
+  ASSERT_TRUE(exact->write_obj_volatile(std::uint64_t{2}, kSize - 8).has_value());
+  std::vector<std::uint64_t> expected(kSize / 0x1000 / 64, 0);
+  expected[0x80 / 64] = std::uint64_t{1} << (0x80 % 64);
+  expected.back() = std::uint64_t{1} << 63;
+  EXPECT_EQ(exact->bitmap().get_and_reset(), expected);
+  // A larger one too: the pages past the mapping are never written.
+  auto larger =
+      MmapRegionBuilder<AtomicBitmap>(kSize).with_bitmap(AtomicBitmap(2 * kSize)).build();
+  ASSERT_TRUE(larger.has_value()) << larger.error();
 }
 
 TEST(MmapRegionBuilder, AlignmentByOverReserveAndTrim) {

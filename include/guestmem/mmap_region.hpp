@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <bit>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -427,7 +428,9 @@ class MmapRegionBuilder {
  public:
   explicit MmapRegionBuilder(std::size_t size) noexcept { options_.size = size; }
 
-  /// The bitmap to use instead of a fresh one (required when B is not a NewBitmap).
+  /// The bitmap to use instead of a fresh one (required when B is not a NewBitmap). It must
+  /// cover the whole mapping: a bitmap with a `len()` shorter than the size is refused by
+  /// build(), because the writes past its end would never be reported dirty.
   MmapRegionBuilder&& with_bitmap(B bitmap) && noexcept {
     bitmap_.emplace(std::move(bitmap));
     return std::move(*this);
@@ -514,11 +517,13 @@ class MmapRegionBuilder {
   }
 
   /// Creates the region.
-  /// Errors: MapFixed; IncompatibleOptions; InvalidPointer; InvalidAlignment (not a power of
-  /// two); InvalidOffsetLength; MappingPastEof; NotPageAligned (a hugetlbfs or MAP_HUGETLB
-  /// mapping whose size or file offset is not a multiple of its huge page size, which munmap
-  /// would refuse); MappingFailed(errno) (size 0 fails with EINVAL); AdviceFailed(advice,
-  /// errno), in which case nothing stays mapped.
+  /// Errors: InvalidBitmap(bitmap.len(), size) when the bitmap given to with_bitmap covers
+  /// fewer bytes than the mapping (checked first, so nothing is mapped); MapFixed;
+  /// IncompatibleOptions; InvalidPointer; InvalidAlignment (not a power of two);
+  /// InvalidOffsetLength; MappingPastEof; NotPageAligned (a hugetlbfs or MAP_HUGETLB mapping
+  /// whose size or file offset is not a multiple of its huge page size, which munmap would
+  /// refuse); MappingFailed(errno) (size 0 fails with EINVAL); AdviceFailed(advice, errno), in
+  /// which case nothing stays mapped.
   Result<MmapRegion<B>> build() && { return std::move(*this).build_impl(); }
 
   /// Creates the region at `addr` exactly, with MAP_FIXED. Alignment and guard pages cannot
@@ -556,6 +561,18 @@ class MmapRegionBuilder {
       options_.flags &= ~MAP_NORESERVE;
     }
     const std::size_t size = options_.size;
+    // A bitmap that knows its length must cover the mapping: marks past its end are ignored,
+    // so the pages there would never be reported dirty. (A bitmap type without len() is the
+    // caller's to size.)
+    if constexpr (requires(const B& b) {
+                    { b.len() } -> std::convertible_to<std::size_t>;
+                  }) {
+      if (bitmap_) {
+        if (const auto covered = static_cast<std::size_t>(bitmap_->len()); covered < size) {
+          return std::unexpected(Error::at(ErrorCode::InvalidBitmap, covered, size));
+        }
+      }
+    }
     auto mapping = detail::Mapping::create(options_);
     if (!mapping) {
       return std::unexpected(mapping.error());
