@@ -30,6 +30,14 @@ namespace guestmem::fuzz {
     }                                                                                    \
   } while (false)
 
+/// True when GUESTMEM_FUZZ_UNMASK is set in the environment. Each target masks the input
+/// classes of known library findings (so that fuzzing continues on everything else) unless
+/// this is set; the reproducers in fuzz/regressions/ fail only with it set.
+inline bool unmask_known_findings() noexcept {
+  static const bool unmask = std::getenv("GUESTMEM_FUZZ_UNMASK") != nullptr;
+  return unmask;
+}
+
 /// Decodes the fuzzer's bytes, front to back.
 class Input {
  public:
