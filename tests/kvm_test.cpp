@@ -104,6 +104,19 @@ class TestVcpu {
     ASSERT_EQ(::ioctl(fd_.get(), KVM_SET_SREGS, &sregs), 0) << std::strerror(errno);
   }
 
+  // Points DS, ES, FS and GS at these guest addresses (real mode with any base, as KVM
+  // allows), for stores beyond the first 64 KiB.
+  void set_data_segments(std::uint64_t ds, std::uint64_t es, std::uint64_t fs,
+                         std::uint64_t gs) {
+    kvm_sregs sregs{};
+    ASSERT_EQ(::ioctl(fd_.get(), KVM_GET_SREGS, &sregs), 0) << std::strerror(errno);
+    sregs.ds.base = ds;
+    sregs.es.base = es;
+    sregs.fs.base = fs;
+    sregs.gs.base = gs;
+    ASSERT_EQ(::ioctl(fd_.get(), KVM_SET_SREGS, &sregs), 0) << std::strerror(errno);
+  }
+
   // Starts the code at guest address `rip` again.
   void set_rip(std::uint64_t rip) {
     kvm_regs regs{};
@@ -316,6 +329,57 @@ TEST(KvmMemorySlots, DirtyLogJoinsGuestAndDeviceWritesInOneReset) {
   EXPECT_EQ(take_dirty(first), 0b1010U);
   EXPECT_EQ(take_dirty(second), 0b0101U);
   EXPECT_EQ(byte_at(*mem, 0xa010), 4);
+}
+
+// Pages in words of the log far apart (more than the gap across which one clear covers two
+// runs), at a word boundary and in the last page of the slot: each merge reports exactly
+// them, and each clear re-arms exactly them.
+TEST(KvmMemorySlots, DirtyLogOfPagesFarApartInALargeSlot) {
+  OPEN_VM_OR_SKIP(vm);
+  constexpr std::uint64_t kSize = std::uint64_t{256} << 20;
+  auto mem = GuestMemoryMmap<AtomicBitmap>::from_ranges({{GuestAddress{0}, kSize}});
+  ASSERT_TRUE(mem.has_value());
+  const auto& region = *mem->find_region(GuestAddress{0});
+  auto slots = KvmMemorySlots::create(BorrowedFd(vm->fd), {.log_dirty_pages = true});
+  ASSERT_TRUE(slots.has_value());
+  ASSERT_TRUE(slots->sync(*mem).has_value());
+
+  // Pages 63 and 64 (the last of word 0 and the first of word 1) through DS; 17000 and
+  // 40000 through ES and FS; the slot's last page through GS.
+  const std::uint64_t last_page = kSize / 4096 - 1;
+  std::vector<std::uint8_t> code;
+  auto store = [&](std::uint8_t prefix, std::uint16_t offset) {
+    code.insert(code.end(), {prefix, 0xc6, 0x06, static_cast<std::uint8_t>(offset & 0xff),
+                             static_cast<std::uint8_t>(offset >> 8), 0x77});
+  };
+  store(0x3e, 0);
+  store(0x3e, 0x1000);
+  store(0x26, 0);
+  store(0x64, 0);
+  store(0x65, 0xfff);
+  code.push_back(0xf4);
+  ASSERT_TRUE(mem->write_slice(std::as_bytes(std::span(code)), GuestAddress{0x100}));
+
+  TestVcpu vcpu;
+  ASSERT_NO_FATAL_FAILURE(vcpu.create(*vm));
+  ASSERT_NO_FATAL_FAILURE(
+      vcpu.set_data_segments(63 * 4096, 17000 * 4096, 40000 * 4096, last_page * 4096));
+  const std::vector<std::uint64_t> pages{63, 64, 17000, 40000, last_page};
+  for (int round = 0; round < 2; ++round) {
+    (void)region.bitmap().get_and_reset();
+    vcpu.set_rip(0x100);
+    ASSERT_EQ(vcpu.run(), static_cast<std::uint32_t>(KVM_EXIT_HLT)) << "round " << round;
+    ASSERT_TRUE(slots->merge_dirty_log(*mem).has_value());
+    EXPECT_EQ(slots->last_merge_pages(), pages.size()) << "round " << round;
+    std::vector<std::uint64_t> expected(region.bitmap().num_words(), 0);
+    for (std::uint64_t p : pages) {
+      expected[p / 64] |= std::uint64_t{1} << (p % 64);
+    }
+    EXPECT_EQ(region.bitmap().get_and_reset(), expected) << "round " << round;
+    ASSERT_TRUE(slots->merge_dirty_log(*mem).has_value());
+    EXPECT_EQ(slots->last_merge_pages(), 0U) << "round " << round;
+  }
+  EXPECT_EQ(byte_at(*mem, last_page * 4096 + 0xfff), 0x77);
 }
 
 TEST(KvmMemorySlots, DirtyLogWithoutManualProtection) {
