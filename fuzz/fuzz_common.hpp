@@ -38,6 +38,21 @@ inline bool unmask_known_findings() noexcept {
   return unmask;
 }
 
+/// True when GUESTMEM_FUZZ_TRACE is set: targets then print each operation to stderr, for
+/// reading a reproducer.
+inline bool tracing() noexcept {
+  static const bool trace = std::getenv("GUESTMEM_FUZZ_TRACE") != nullptr;
+  return trace;
+}
+
+#define GUESTMEM_FUZZ_TRACE(...)            \
+  do {                                      \
+    if (::guestmem::fuzz::tracing()) {      \
+      std::fprintf(stderr, __VA_ARGS__);    \
+      std::fprintf(stderr, "\n");           \
+    }                                       \
+  } while (false)
+
 /// Decodes the fuzzer's bytes, front to back.
 class Input {
  public:
