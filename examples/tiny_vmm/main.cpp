@@ -45,6 +45,7 @@ struct Options {
   std::uint32_t snapshot_after = 12;
   double max_mbps = 100;
   std::uint32_t max_rounds = 6;
+  std::uint64_t stop_copy_pages = 1;
   std::uint64_t cut_after = std::numeric_limits<std::uint64_t>::max();
 };
 
@@ -60,15 +61,12 @@ void say(const char* format, auto... args) {
 
 std::string errno_text(const std::string& what) { return what + ": " + std::strerror(errno); }
 
-// The input: kNumBlocks blocks of readable lines, so that the output shows the swapped case.
+// The input: kNumBlocks blocks of lines of letters, whose swapped case shows in the output.
 Status<void> write_input(const std::string& path) {
   std::string text;
   const std::size_t total = std::size_t{kNumBlocks} * kBlockSize;
-  for (int line = 0; text.size() < total; ++line) {
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "line %04d of block %zu: The Quick Brown Fox Jumps Over The Lazy Dog.\n",
-                  line, text.size() / kBlockSize);
-    text += buf;
+  while (text.size() < total) {
+    text += "TheQuickBrownFoxJumpsOverTheLazyDog\n";
   }
   text.resize(total);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -283,11 +281,25 @@ int wait_child(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-void show_output_line(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  say("output: %s ...\n", line.c_str());
+// The first line of the input and the same bytes of the output, non-printing bytes as '.'.
+void show_first_line(const std::string& input, const std::string& output) {
+  auto in = read_file(input);
+  auto out = read_file(output);
+  if (!in || !out) {
+    return;
+  }
+  std::string a;
+  std::string b;
+  for (std::size_t i = 0; i < std::min<std::size_t>({in->size(), out->size(), 60}); ++i) {
+    const auto c = static_cast<unsigned char>((*in)[i]);
+    if (c == '\n') {
+      break;
+    }
+    const auto d = static_cast<unsigned char>((*out)[i]);
+    a += static_cast<char>(c >= 0x20 && c < 0x7f ? c : '.');
+    b += static_cast<char>(d >= 0x20 && d < 0x7f ? d : '.');
+  }
+  say("  input:  %s...\n  output: %s...\n", a.c_str(), b.c_str());
 }
 
 int run_source(const Options& o, GuestKind kind) {
@@ -328,6 +340,7 @@ int run_source(const Options& o, GuestKind kind) {
   MigrationOptions mo;
   mo.max_mbps = o.max_mbps;
   mo.max_rounds = o.max_rounds;
+  mo.stop_copy_pages = o.stop_copy_pages;
   mo.cut_after = o.cut_after;
   auto report = migrate_out(**vm, conn, mo, [](const RoundReport& r) {
     if (r.round == 0) {
@@ -356,7 +369,7 @@ int run_source(const Options& o, GuestKind kind) {
     die(r.error());
   }
   say("source: the destination's output is the input with its case swapped\n");
-  show_output_line(o.output);
+  show_first_line(o.input, o.output);
 
   if (o.snapshot_after == 0 || o.snapshot_after >= kRequestsPerRun) {
     return 0;
@@ -421,6 +434,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-rounds", o.max_rounds, "live rounds at most before stop-and-copy")
       ->check(CLI::Range(1U, 100U))
+      ->capture_default_str();
+  app.add_option("--stop-copy-pages", o.stop_copy_pages,
+                 "stop the guest for the final copy once a live round leaves at most this many "
+                 "pages dirty")
       ->capture_default_str();
   app.add_option("--incoming", o.incoming,
                  "run as the migration destination, reading the stream from unix:PATH or "

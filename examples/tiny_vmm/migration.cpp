@@ -237,6 +237,13 @@ double seconds_since(Clock::time_point t) {
 
 }  // namespace
 
+Status<std::uint64_t> send_page_records(const Memory& mem,
+                                        const std::vector<std::vector<std::uint64_t>>& dirty,
+                                        int fd) {
+  StreamOut out(fd, std::numeric_limits<std::uint64_t>::max());
+  return send_pages(mem, dirty, out, 0);
+}
+
 Status<MigrationReport> migrate_out(Machine& vm, int fd, const MigrationOptions& options,
                                     const std::function<void(const RoundReport&)>& on_round) {
   StreamOut out(fd, options.cut_after);
@@ -300,10 +307,12 @@ Status<MigrationReport> migrate_out(Machine& vm, int fd, const MigrationOptions&
 
   // Stop and copy: the guest stops at a consistent point; everything it and the device
   // wrote since the last round goes, then the state and the end record.
-  const auto stop = Clock::now();
+  // The downtime runs from the moment the guest is stopped (pause() first lets the vCPU
+  // finish the request it is in, while the guest still runs) to the destination's answer.
   if (auto r = vm.pause(); !r) {
     return std::unexpected("stopping the guest: " + r.error());
   }
+  const auto stop = Clock::now();
   // The pages dirtied during the last live round, and since.
   std::vector<std::vector<std::uint64_t>> since;
   if (auto r = vm.take_dirty(since); !r) {

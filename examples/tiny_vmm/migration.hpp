@@ -65,6 +65,14 @@ struct MigrationReport {
 Status<MigrationReport> migrate_out(Machine& vm, int fd, const MigrationOptions& options,
                                     const std::function<void(const RoundReport&)>& on_round);
 
+/// Sends the pages set in `dirty` (per region, KVM_GET_DIRTY_LOG's layout) over `fd` as a
+/// live round does: a Pages record header per run of contiguous pages, then the run straight
+/// from guest memory (one gathered write per run). Returns the pages sent. The stream's
+/// other parts are not written: this is for measuring the sender.
+Status<std::uint64_t> send_page_records(const Memory& mem,
+                                        const std::vector<std::vector<std::uint64_t>>& dirty,
+                                        int fd);
+
 /// What the destination received.
 struct IncomingReport {
   std::uint64_t bytes = 0;
