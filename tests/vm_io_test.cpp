@@ -331,7 +331,10 @@ void recover_then(Crash crash) {
 
 void write_to(std::uint8_t* address) { *reinterpret_cast<volatile std::uint8_t*>(address) = 1; }
 
-std::uintptr_t expected_address = 0;
+// Published by the crashing code for the handler. Volatile, because the write that faults is
+// volatile too and the compiler keeps volatile accesses in program order: with a plain variable
+// an optimising build may move the store after the fault, and the handler reads a stale value.
+volatile std::uintptr_t expected_address = 0;
 
 void exit_42_if_at_expected(int signal, siginfo_t* info, void* /*context*/) {
   ::_exit(signal == SIGSEGV && address_of(info->si_addr) == expected_address ? 42 : 4);
