@@ -5,7 +5,7 @@
 // operations: mark_dirty through the bitmap and through slices at any offset, merge of a
 // KVM-layout log (of the right size or not, with bits past the last page or not),
 // reset_range, get_and_reset (into a new vector, or into a caller's buffer of the right
-// size or not), reset, to_words and dirty_at. The model is one bool per page; after every
+// size or not), reset, to_words and dirty_at. The model is one bit per page; after every
 // operation that returns words they must equal the model's, so no bit is lost and none is
 // invented, and every error must be InvalidBitmap with the sizes it reports.
 //
@@ -40,7 +40,7 @@ class Session {
         len_(bitmap_len()),
         pages_(len_ == 0 ? 0 : ((len_ - 1) >> shift_) + 1),
         bitmap_(len_, std::size_t{1} << shift_),
-        model_(pages_) {}
+        model_(words()) {}
 
   void run() {
     GUESTMEM_FUZZ_CHECK(bitmap_.num_pages() == pages_ && bitmap_.len() == len_ &&
@@ -132,23 +132,25 @@ class Session {
     if (len - 1 <= ~std::uint64_t{0} - offset) {
       last = std::min<std::uint64_t>(last, (offset + (len - 1)) >> shift_);
     }
-    for (std::uint64_t p = first; p <= last; ++p) {
-      model_[p] = value;
+    set_pages(first, last, value);
+  }
+
+  // Sets or clears the model's pages first..last (inclusive), a word at a time.
+  void set_pages(std::uint64_t first, std::uint64_t last, bool value) {
+    for (std::uint64_t w = first / 64; w <= last / 64; ++w) {
+      const std::uint64_t lo = w == first / 64 ? first % 64 : 0;
+      const std::uint64_t hi = w == last / 64 ? last % 64 : 63;
+      const std::uint64_t mask = (~std::uint64_t{0} >> (63 - hi)) & (~std::uint64_t{0} << lo);
+      model_[w] = value ? (model_[w] | mask) : (model_[w] & ~mask);
     }
   }
 
-  [[nodiscard]] std::vector<std::uint64_t> model_words() const {
-    std::vector<std::uint64_t> out(words());
-    for (std::size_t p = 0; p < pages_; ++p) {
-      if (model_[p]) {
-        out[p / 64] |= std::uint64_t{1} << (p % 64);
-      }
-    }
-    return out;
+  [[nodiscard]] bool model_page(std::uint64_t page) const {
+    return page < pages_ && ((model_[page / 64] >> (page % 64)) & 1U) != 0;
   }
 
   void compare(const std::vector<std::uint64_t>& got, const char* what) const {
-    const std::vector<std::uint64_t> want = model_words();
+    const std::vector<std::uint64_t>& want = model_;
     GUESTMEM_FUZZ_CHECK(got.size() == want.size(), "%s: %zu words, model %zu", what, got.size(),
                         want.size());
     for (std::size_t w = 0; w < want.size(); ++w) {
@@ -185,7 +187,7 @@ class Session {
         bitmap_.slice_at(base).slice_at(0).mark_dirty(off, len);
         model_range(base + off, len, true);
         const std::uint64_t probe = in_.below(len_ + 2);
-        const bool model_bit = ((base + probe) >> shift_) < pages_ && model_[(base + probe) >> shift_];
+        const bool model_bit = model_page((base + probe) >> shift_);
         GUESTMEM_FUZZ_CHECK(bitmap_.slice_at(base).dirty_at(probe) == model_bit,
                             "slice dirty_at(%llu) from %llu",
                             static_cast<unsigned long long>(probe),
@@ -207,7 +209,7 @@ class Session {
         break;
       case 5: {
         compare(bitmap_.get_and_reset(), "get_and_reset");
-        std::fill(model_.begin(), model_.end(), false);
+        std::fill(model_.begin(), model_.end(), 0);
         break;
       }
       case 6:
@@ -215,14 +217,14 @@ class Session {
         break;
       case 7:
         bitmap_.reset();
-        std::fill(model_.begin(), model_.end(), false);
+        std::fill(model_.begin(), model_.end(), 0);
         break;
       case 8:
         compare(bitmap_.to_words(), "to_words");
         break;
       default: {
         const std::uint64_t off = offset();
-        const bool want = (off >> shift_) < pages_ && model_[off >> shift_];
+        const bool want = model_page(off >> shift_);
         GUESTMEM_FUZZ_CHECK(bitmap_.dirty_at(off) == want, "dirty_at(%llu): model %d",
                             static_cast<unsigned long long>(off), want ? 1 : 0);
         break;
@@ -254,10 +256,8 @@ class Session {
       return;  // nothing is merged then
     }
     GUESTMEM_FUZZ_CHECK(got.has_value(), "merge of a valid log failed");
-    for (std::size_t p = 0; p < pages_; ++p) {
-      if (((log[p / 64] >> (p % 64)) & 1U) != 0) {
-        model_[p] = true;
-      }
+    for (std::size_t w = 0; w < log.size(); ++w) {
+      model_[w] |= log[w];
     }
   }
 
@@ -278,7 +278,7 @@ class Session {
     }
     GUESTMEM_FUZZ_CHECK(got.has_value(), "get_and_reset into the right size failed");
     compare(out, "get_and_reset(span)");
-    std::fill(model_.begin(), model_.end(), false);
+    std::fill(model_.begin(), model_.end(), 0);
   }
 
   Input& in_;
@@ -286,7 +286,8 @@ class Session {
   std::size_t len_;
   std::size_t pages_;
   AtomicBitmap bitmap_;
-  std::vector<bool> model_;
+  // The model: one bit per page, in the same layout as the bitmap's words.
+  std::vector<std::uint64_t> model_;
 };
 
 }  // namespace
