@@ -8,6 +8,7 @@
 // "threadsafe" re-executes the binary), so the expected outcome is the same everywhere.
 #include "guestmem/vm_io.hpp"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <thread>
 #include <vector>
 
@@ -422,6 +424,84 @@ TEST(FaultHandlerDeathTest, IgnoredSignalStaysIgnoredWhenSentButNotWhenAFault) {
         });
       },
       ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+// ---- chaining honours the earlier action's flags and mask ------------------------------------
+
+volatile sig_atomic_t earlier_handler_calls = 0;
+
+// An earlier handler that counts its calls and returns, so that the faulting write is retried.
+// It says so once on stderr; a second call exits 7 (an SA_RESETHAND action must be reset to
+// SIG_DFL by the first one, as the kernel does).
+void count_and_return(int /*signal*/) {
+  earlier_handler_calls = earlier_handler_calls + 1;
+  if (earlier_handler_calls > 1) {
+    ::_exit(7);
+  }
+  static constexpr char kRan[] = "earlier handler ran once\n";
+  [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, kRan, sizeof kRan - 1);
+}
+
+TEST(FaultHandlerDeathTest, EarlierResetHandHandlerRunsOnceThenTheDefaultActionKills) {
+  EXPECT_EXIT(
+      {
+        struct sigaction action = {};
+        action.sa_handler = count_and_return;
+        action.sa_flags = static_cast<int>(SA_RESETHAND);  // 0x80000000, an unsigned constant
+        sigemptyset(&action.sa_mask);
+        ::sigaction(SIGSEGV, &action, nullptr);
+        recover_then(write_to);
+      },
+      ::testing::KilledBySignal(SIGSEGV), "earlier handler ran once");
+}
+
+// What the earlier handler saw of its thread's signal mask: 1 blocked, 0 not, -1 not called.
+volatile sig_atomic_t usr1_blocked_inside = -1;
+volatile sig_atomic_t segv_blocked_inside = -1;
+
+// An earlier handler that records the mask it runs with, makes the faulting page writable and
+// returns, so that the write is retried and succeeds.
+void record_mask_and_unprotect(int /*signal*/, siginfo_t* info, void* /*context*/) {
+  sigset_t inside;
+  ::pthread_sigmask(SIG_BLOCK, nullptr, &inside);
+  usr1_blocked_inside = sigismember(&inside, SIGUSR1);
+  segv_blocked_inside = sigismember(&inside, SIGSEGV);
+  const std::uintptr_t page = address_of(info->si_addr) & ~(kPage - 1);
+  ::mprotect(reinterpret_cast<void*>(page), kPage, PROT_READ | PROT_WRITE);
+}
+
+// Installs record_mask_and_unprotect as the earlier SIGSEGV action with `flags` and an sa_mask
+// of `masked`, recovers a fault, then writes to the protected page outside the primitives.
+// Exits 40, plus 1 if SIGUSR1 was blocked in the handler, 2 if SIGSEGV was, 4 if either is
+// still blocked after it returned, 8 if the retried write did not happen.
+void exit_with_the_mask_seen(int flags, std::initializer_list<int> masked) {
+  struct sigaction action = {};
+  action.sa_sigaction = record_mask_and_unprotect;
+  action.sa_flags = SA_SIGINFO | flags;
+  sigemptyset(&action.sa_mask);
+  for (const int signal : masked) {
+    sigaddset(&action.sa_mask, signal);
+  }
+  ::sigaction(SIGSEGV, &action, nullptr);
+  recover_then([](std::uint8_t* bad) {
+    write_to(bad);
+    sigset_t after;
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &after);
+    int code = 40;
+    code += usr1_blocked_inside == 1 ? 1 : 0;
+    code += segv_blocked_inside == 1 ? 2 : 0;
+    code += sigismember(&after, SIGUSR1) == 1 || sigismember(&after, SIGSEGV) == 1 ? 4 : 0;
+    code += *reinterpret_cast<volatile std::uint8_t*>(bad) != 1 ? 8 : 0;
+    ::_exit(code);
+  });
+}
+
+TEST(FaultHandlerDeathTest, EarlierHandlerRunsWithItsSaMaskAndTheSignalBlocked) {
+  EXPECT_EXIT(exit_with_the_mask_seen(0, {SIGUSR1}), ::testing::ExitedWithCode(43), "");
+}
+
+TEST(FaultHandlerDeathTest, EarlierNodeferHandlerRunsWithTheSignalDeliverable) {
+  EXPECT_EXIT(exit_with_the_mask_seen(SA_NODEFER, {}), ::testing::ExitedWithCode(40), "");
 }
 
 // ---- cursors ---------------------------------------------------------------------------------

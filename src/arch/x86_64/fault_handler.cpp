@@ -14,15 +14,20 @@
 //   The fault details travel in the interrupted context's registers, so the handler writes no
 //   memory but the kernel's ucontext: no TLS slot, no lock, no allocation.
 // - Anything else goes to the action installed before guestmem's: its sa_sigaction (with
-//   SA_SIGINFO) or sa_handler. For SIG_DFL the default action is restored and the signal
+//   SA_SIGINFO) or sa_handler, called as the kernel would have called it: with the
+//   interrupted thread's mask plus the action's sa_mask, plus the signal unless SA_NODEFER,
+//   and, for an SA_RESETHAND action, only once (the kernel resets such an action to SIG_DFL
+//   as it delivers the signal). For SIG_DFL the default action is restored and the signal
 //   raised again, so the process dies of the right signal (with a core dump where enabled).
 //   SIG_IGN is honoured for a signal someone sent; a real fault cannot be ignored (the kernel
 //   itself forces the default action then), so it is treated as SIG_DFL.
 //
-// Everything the handler calls is async-signal-safe: sigaction(2) and raise(3) (POSIX lists
-// both), reads of data written before the handler was installed, and acquire loads of the
-// registered tables, each published before the count that makes it visible.
+// Everything the handler calls is async-signal-safe: sigaction(2), raise(3), pthread_sigmask(3)
+// and the sigset functions (POSIX lists them all), reads of data written before the handler
+// was installed, acquire loads of the registered tables, each published before the count that
+// makes it visible, and an exchange on a lock-free atomic.
 #include <dlfcn.h>
+#include <pthread.h>
 #include <signal.h>
 #include <ucontext.h>
 
@@ -50,6 +55,12 @@ namespace {
 // installed and never again, so the handler reads them without synchronisation.
 struct sigaction previous_segv;
 struct sigaction previous_bus;
+
+// Whether an earlier action with SA_RESETHAND has been used: only the first chained call runs
+// it, as the kernel resets such an action to SIG_DFL when it delivers the signal. An exchange
+// decides which thread's call is the first when several fault at once.
+std::atomic<bool> previous_segv_spent{false};
+std::atomic<bool> previous_bus_spent{false};
 
 // The result of the one installation attempt: 0 = success, otherwise the errno.
 int install_errno = 0;
@@ -126,18 +137,54 @@ void pin_object_containing(const void* address) noexcept {
   }
 }
 
+bool has_flag(const struct sigaction& action, unsigned flag) noexcept {
+  // sa_flags is an int, but SA_RESETHAND is 0x80000000: compare the bits unsigned.
+  return (static_cast<unsigned>(action.sa_flags) & flag) != 0;
+}
+
+// Calls the handler of the earlier action `previous` with the mask the kernel would have given
+// it: the interrupted thread's mask (the context's uc_sigmask), plus its sa_mask, plus the
+// signal unless SA_NODEFER. This handler's own mask is restored when it returns; when this
+// handler returns in turn, the kernel restores the context's uc_sigmask, which the earlier
+// handler may have changed, as it could have without guestmem.
+void call_previous(const struct sigaction& previous, int signal, siginfo_t* info,
+                   void* context) noexcept {
+  const sigset_t& interrupted = static_cast<ucontext_t*>(context)->uc_sigmask;
+  sigset_t mask;
+  sigemptyset(&mask);
+  // Signal by signal: the kernel fills only the first 64 bits of uc_sigmask, and sigorset is
+  // not POSIX.
+  for (int other = 1; other < NSIG; ++other) {
+    if (sigismember(&interrupted, other) == 1 || sigismember(&previous.sa_mask, other) == 1) {
+      sigaddset(&mask, other);
+    }
+  }
+  if (!has_flag(previous, SA_NODEFER)) {
+    sigaddset(&mask, signal);
+  }
+  sigset_t own;
+  pthread_sigmask(SIG_SETMASK, &mask, &own);
+  if (has_flag(previous, SA_SIGINFO)) {
+    previous.sa_sigaction(signal, info, context);
+  } else {
+    previous.sa_handler(signal);
+  }
+  pthread_sigmask(SIG_SETMASK, &own, nullptr);
+}
+
 // Hands a signal that is not a recoverable fault to the action installed before guestmem's.
 void forward(int signal, siginfo_t* info, void* context) noexcept {
-  const struct sigaction& previous = signal == SIGBUS ? previous_bus : previous_segv;
+  const bool is_bus = signal == SIGBUS;
+  const struct sigaction& previous = is_bus ? previous_bus : previous_segv;
   // sa_handler and sa_sigaction share storage: SIG_DFL and SIG_IGN read the same in both.
-  const bool is_default = previous.sa_handler == SIG_DFL;
+  bool is_default = previous.sa_handler == SIG_DFL;
   const bool is_ignore = previous.sa_handler == SIG_IGN;
+  if (!is_default && !is_ignore && has_flag(previous, SA_RESETHAND)) {
+    std::atomic<bool>& spent = is_bus ? previous_bus_spent : previous_segv_spent;
+    is_default = spent.exchange(true, std::memory_order_relaxed);
+  }
   if (!is_default && !is_ignore) {
-    if ((previous.sa_flags & SA_SIGINFO) != 0) {
-      previous.sa_sigaction(signal, info, context);
-    } else {
-      previous.sa_handler(signal);
-    }
+    call_previous(previous, signal, info, context);
     return;
   }
   if (is_ignore && info->si_code <= 0) {
