@@ -490,11 +490,8 @@ class Driver {
       case 2:
         return in_.below(0x1001);
       case 3:
-        if (!anchors_.empty()) {
-          // Up to an edge of the layout, plus or minus a little.
-          return std::min<std::uint64_t>(in_.below(0x8000) + in_.below(3), kMaxLen);
-        }
-        return in_.below(0x100);
+        // Long enough to cross several small regions and the holes between them.
+        return in_.below(0x8000);
       default:
         return in_.below(kMaxLen + 1);
     }
