@@ -18,6 +18,7 @@
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <initializer_list>
 #include <thread>
@@ -807,6 +808,230 @@ TEST(VolatileSlice, FallibleCallsAtOffsets) {
   EXPECT_EQ(slice.writer(2 * kPage - 4, 8).error(), Error::out_of_bounds(2 * kPage - 4, 8, 2 * kPage));
 }
 
+// ---- threads that block SIGSEGV or SIGBUS ---------------------------------------------------
+//
+// The kernel kills the process for a fault whose signal the faulting thread blocks, whatever
+// handler is installed; the fallible calls refuse with FaultSignalBlocked instead, before
+// touching memory. Each test runs in a child process, so that a missing refusal kills the
+// child and fails the test, not the test binary.
+
+// In a child process: reports `what` and exits 1 unless `ok`.
+void child_expect(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "child expectation failed: %s\n", what);
+    ::_exit(1);
+  }
+}
+
+// Blocks (SIG_BLOCK) or unblocks (SIG_UNBLOCK) `signal` in the calling thread.
+void mask_signal(int how, int signal) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, signal);
+  child_expect(::pthread_sigmask(how, &set, nullptr) == 0, "pthread_sigmask");
+}
+
+// Runs `body` in a new thread, waits for it and exits 0.
+template <class Body>
+void in_a_thread_then_exit(Body body) {
+  std::thread(body).join();
+  ::_exit(0);
+}
+
+template <class T>
+bool fails_with(const Result<T>& result, const Error& error) {
+  return !result.has_value() && result.error() == error;
+}
+
+// The fault a primitive reports when it refused to run because the thread blocks `signal`.
+FaultInfo refused(int signal) { return FaultInfo{0, signal, true}; }
+
+template <class T>
+bool refused_with(const std::expected<T, FaultInfo>& result, int signal) {
+  return !result.has_value() && result.error() == refused(signal);
+}
+
+bool refused_with(const FallibleOutcome& outcome, int signal) {
+  return outcome.done == 0 && outcome.fault == refused(signal);
+}
+
+TEST(FaultSignalsDeathTest, ThreadThatBlocksSigbusGetsFaultSignalBlockedInsteadOfDying) {
+  EXPECT_EXIT(in_a_thread_then_exit([] {
+                mask_signal(SIG_BLOCK, SIGBUS);
+                FileBackedMemory f;
+                f.truncate_second(1);
+                const GuestAddress lost = f.second().unchecked_add(kPage);
+                const Error blocked = Error::fault_signal_blocked(SIGBUS);
+                std::vector<std::byte> out(8 * kPage, std::byte{0xee});
+                child_expect(fails_with(f.mem.try_read(out, GuestAddress{0x10000}), blocked),
+                             "try_read across the truncated page");
+                child_expect(out[0] == std::byte{0xee}, "the refused try_read wrote nothing");
+                child_expect(fails_with(f.mem.try_read_obj<std::uint64_t>(lost), blocked),
+                             "try_read_obj");
+                child_expect(fails_with(f.mem.try_write_slice(out, GuestAddress{0x10000}), blocked),
+                             "try_write_slice");
+                child_expect(f.mem.find_region(GuestAddress{0x10000})->bitmap().take().empty(),
+                             "the refused write marked nothing");
+                child_expect(
+                    fails_with(f.mem.try_load<std::uint64_t>(lost, std::memory_order_acquire),
+                               blocked),
+                    "try_load");
+                child_expect(fails_with(f.mem.reader(f.second(), 2 * kPage), blocked), "reader");
+                child_expect(fails_with(f.mem.writer(f.second(), 2 * kPage), blocked), "writer");
+                child_expect(fails_with(recheck_fault_signals(), blocked), "recheck_fault_signals");
+
+                // The primitives, and cursors made from raw parts, refuse the same way.
+                auto* host = reinterpret_cast<std::uint8_t*>(f.host(lost));
+                child_expect(refused_with(fallible_copy(out.data(), host, 16), SIGBUS),
+                             "fallible_copy");
+                child_expect(refused_with(fallible_load<std::uint32_t>(host), SIGBUS),
+                             "fallible_load");
+                auto reader = VmReader<Fallible>::from_raw_parts(host - 8, 16);
+                auto writer = VmWriter<Infallible>::from_bytes(out);
+                child_expect(fails_with(reader.read_fallible(writer), blocked) &&
+                                 reader.remain() == 16 && writer.avail() == out.size(),
+                             "read_fallible");
+                child_expect(fails_with(reader.read_once<std::uint64_t>(), blocked),
+                             "read_once");
+              }),
+              ::testing::ExitedWithCode(0), "");
+}
+
+TEST(FaultSignalsDeathTest, ThreadThatBlocksSigsegvGetsFaultSignalBlockedInsteadOfDying) {
+  EXPECT_EXIT(in_a_thread_then_exit([] {
+                mask_signal(SIG_BLOCK, SIGSEGV);
+                Pages pages(2);
+                std::memset(pages.page(0), 0x44, kPage);
+                pages.protect(1, PROT_NONE);
+                auto slice = VolatileSlice<>::from_raw_parts(pages.page(0), 2 * kPage);
+                const Error blocked = Error::fault_signal_blocked(SIGSEGV);
+                std::array<std::byte, 32> buf{};
+                child_expect(fails_with(slice.try_read(buf, kPage - 8), blocked), "try_read");
+                child_expect(fails_with(slice.try_write(buf, kPage - 8), blocked), "try_write");
+                child_expect(pages.page(1)[-1] == 0x44, "the refused try_write wrote nothing");
+                child_expect(
+                    fails_with(slice.try_store(std::uint32_t{1}, kPage, std::memory_order_relaxed),
+                               blocked),
+                    "try_store");
+                child_expect(fails_with(slice.try_compare_exchange<std::uint32_t>(kPage, 0, 1),
+                                        blocked),
+                             "try_compare_exchange");
+                child_expect(fails_with(slice.writer(kPage - 4, 8), blocked), "writer");
+
+                std::uint8_t* bad = pages.page(1);
+                child_expect(refused_with(fallible_fill(bad - 4, 0, 8), SIGSEGV), "fallible_fill");
+                child_expect(pages.page(1)[-1] == 0x44, "the refused fill wrote nothing");
+                child_expect(refused_with(fallible_store<std::uint32_t>(bad, 1), SIGSEGV),
+                             "fallible_store");
+                child_expect(refused_with(fallible_store_seq_cst<std::uint64_t>(bad, 1), SIGSEGV),
+                             "fallible_store_seq_cst");
+                child_expect(refused_with(fallible_compare_exchange<std::uint16_t>(bad, 0, 1),
+                                          SIGSEGV),
+                             "fallible_compare_exchange");
+                auto writer = VmWriter<Fallible>::from_raw_parts(bad - 4, 8);
+                child_expect(fails_with(writer.write_once(std::uint32_t{1}), blocked) &&
+                                 writer.avail() == 8,
+                             "write_once");
+                child_expect(fails_with(writer.write_val(std::uint64_t{1}), blocked), "write_val");
+                child_expect(fails_with(writer.fill_zeros(8), blocked) && writer.avail() == 8,
+                             "fill_zeros");
+              }),
+              ::testing::ExitedWithCode(0), "");
+}
+
+TEST(FaultSignalsDeathTest, RecheckSeesASignalBlockedLaterAndARefusalIsNotRemembered) {
+  EXPECT_EXIT(in_a_thread_then_exit([] {
+                FileBackedMemory f;
+                f.truncate_second(1);
+                const GuestAddress lost = f.second().unchecked_add(kPage);
+                const Error fault = Error::fault(f.host(lost), SIGBUS, 2 * kPage, kPage);
+                const Error blocked = Error::fault_signal_blocked(SIGBUS);
+                std::vector<std::byte> out(2 * kPage);
+                child_expect(fails_with(f.mem.try_read(out, f.second()), fault),
+                             "recovers while SIGBUS is deliverable");
+                // The verdict of the first call is cached for the thread; blocking a signal
+                // later is only seen by a recheck.
+                mask_signal(SIG_BLOCK, SIGBUS);
+                child_expect(fails_with(recheck_fault_signals(), blocked),
+                             "the recheck sees SIGBUS blocked");
+                child_expect(fails_with(f.mem.try_read(out, f.second()), blocked),
+                             "refused after the recheck");
+                mask_signal(SIG_UNBLOCK, SIGBUS);
+                child_expect(fails_with(f.mem.try_read(out, f.second()), fault),
+                             "recovers again once SIGBUS is unblocked, without a recheck");
+                child_expect(recheck_fault_signals().has_value(), "the recheck succeeds");
+              }),
+              ::testing::ExitedWithCode(0), "");
+}
+
+// The page the in-handler tests read: published by the crashing code before the crash.
+std::uint8_t* volatile handler_target = nullptr;
+
+// Reads handler_target fallibly, as a crash reporter reads memory from its SIGSEGV handler,
+// where SIGSEGV is blocked. Exits 42 when every read was refused with FaultSignalBlocked.
+void read_fallibly_then_exit() {
+  std::uint8_t* target = handler_target;
+  std::array<std::byte, 16> host{};
+  const bool copy_refused = refused_with(fallible_copy(host.data(), target, host.size()), SIGSEGV);
+  auto reader = VmReader<Fallible>::from_raw_parts(target, 8);
+  const bool read_refused =
+      fails_with(reader.read_val<std::uint64_t>(), Error::fault_signal_blocked(SIGSEGV));
+  ::_exit(copy_refused && read_refused ? 42 : 10);
+}
+
+void earlier_handler_reading_fallibly(int /*signal*/, siginfo_t* /*info*/, void* /*context*/) {
+  read_fallibly_then_exit();
+}
+
+void later_handler_rechecking(int /*signal*/, siginfo_t* /*info*/, void* /*context*/) {
+  if (!fails_with(recheck_fault_signals(), Error::fault_signal_blocked(SIGSEGV))) {
+    ::_exit(11);
+  }
+  read_fallibly_then_exit();
+}
+
+TEST(FaultSignalsDeathTest, EarlierSigsegvHandlerReadingFalliblyIsRefusedInsteadOfKilled) {
+  EXPECT_EXIT(
+      {
+        struct sigaction action = {};
+        action.sa_sigaction = earlier_handler_reading_fallibly;
+        action.sa_flags = SA_SIGINFO;
+        sigemptyset(&action.sa_mask);
+        ::sigaction(SIGSEGV, &action, nullptr);
+        // guestmem's handler chains to the earlier one, which runs with SIGSEGV blocked.
+        recover_then([](std::uint8_t* bad) {
+          handler_target = bad;
+          write_to(bad);
+        });
+      },
+      ::testing::ExitedWithCode(42), "");
+}
+
+TEST(FaultSignalsDeathTest, LaterSigsegvHandlerThatRechecksIsRefusedInsteadOfKilled) {
+  EXPECT_EXIT(
+      {
+        recover_then([](std::uint8_t* bad) {
+          // A handler installed over guestmem's runs first, so it rechecks itself.
+          struct sigaction action = {};
+          action.sa_sigaction = later_handler_rechecking;
+          action.sa_flags = SA_SIGINFO;
+          sigemptyset(&action.sa_mask);
+          ::sigaction(SIGSEGV, &action, nullptr);
+          handler_target = bad;
+          write_to(bad);
+        });
+      },
+      ::testing::ExitedWithCode(42), "");
+}
+
+TEST(FaultSignals, RecheckSucceedsWhereBothSignalsAreDeliverable) {
+  EXPECT_TRUE(recheck_fault_signals().has_value());
+  Pages pages(2);
+  pages.protect(1, PROT_NONE);
+  EXPECT_EQ(fallible_load<std::uint8_t>(pages.page(1)).error(),
+            (FaultInfo{address_of(pages.page(1)), SIGSEGV, false}));
+}
+
 TEST(Error, FaultMessage) {
   EXPECT_EQ(Error::fault(0x7f0000001000, SIGBUS, 8192, 4096).message(),
             "SIGBUS at host address 0x7f0000001000 after 4096 of 8192 bytes");
@@ -815,6 +1040,9 @@ TEST(Error, FaultMessage) {
   EXPECT_EQ(Error::fault(0x1000, SIGSEGV, 4, 0).signal(), SIGSEGV);
   EXPECT_EQ(Error::fault_recovery_unsupported().message(),
             "fault-tolerant access is not supported on this architecture");
+  EXPECT_EQ(Error::fault_signal_blocked(SIGBUS).message(),
+            "SIGBUS is blocked in the calling thread, so a fault could not be recovered: "
+            "nothing was accessed");
 }
 
 }  // namespace

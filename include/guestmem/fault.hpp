@@ -21,6 +21,22 @@
 // - The handler is installed on first use; install_fault_handler() does it explicitly (and
 //   reports failure). Only x86-64 can recover from faults; elsewhere install_fault_handler()
 //   fails with FaultRecoveryUnsupported and the primitives abort.
+// - Recovery needs SIGSEGV and SIGBUS deliverable in the thread that faults: for a fault whose
+//   signal the thread blocks, the kernel forces the default action and the process dies,
+//   whatever handler is installed. So a fallible call refuses to run in a thread that blocks
+//   either signal: nothing is accessed, a primitive reports a FaultInfo with `blocked` set,
+//   and the containers' calls and the cursors fail with FaultSignalBlocked. Reading the mask
+//   is a system call, so the verdict "both deliverable" is kept per thread:
+//   * A thread's first fallible call checks its mask. A refusal is never kept: a thread that
+//     blocks either signal checks again on every call, and succeeds once it unblocks.
+//   * guestmem's handler forgets the thread's verdict before it chains to the handler
+//     installed before it (a crash reporter, say), which runs with the signal blocked, so the
+//     fallible calls of that handler check again and are refused.
+//   * Any other change is seen only by recheck_fault_signals(): a thread that blocks SIGSEGV
+//     or SIGBUS after its first fallible call, and a signal handler guestmem's does not chain
+//     to (one installed after guestmem's, or one for another signal whose sa_mask holds
+//     SIGSEGV or SIGBUS), call it before their next fallible call. Without it a fault in that
+//     call kills the process.
 //
 //   auto done = guestmem::fallible_copy(host_buf, guest_ptr, 4096);
 //   if (done.fault) {
@@ -53,6 +69,10 @@ struct FaultInfo {
   /// SIGSEGV (unmapped or protected memory) or SIGBUS (a page past the end of a truncated
   /// file, or a hardware memory error).
   int signal = 0;
+  /// True when the access was refused before touching memory because the calling thread
+  /// blocks `signal` (a fault would have killed the process; see the rules above). `address`
+  /// is then 0.
+  bool blocked = false;
 
   friend constexpr bool operator==(const FaultInfo&, const FaultInfo&) noexcept = default;
 };
@@ -75,6 +95,18 @@ struct FallibleOutcome {
 /// guestmem's does, or faults in the primitives will reach it instead.
 Result<void> install_fault_handler();
 
+/// Reads the calling thread's signal mask (one system call) and keeps the verdict for the
+/// thread's later fallible calls: they run when neither SIGSEGV nor SIGBUS is blocked, and
+/// refuse otherwise. Call it after blocking either signal in a thread that has already made a
+/// fallible call, and at the start of a signal handler that makes fallible calls while either
+/// signal may be blocked, unless guestmem's handler chains to it (see the rules above).
+/// Installs the handler first when needed.
+/// Errors: FaultSignalBlocked (signal() = SIGSEGV, or SIGBUS when only that one is blocked);
+/// FaultRecoveryUnsupported as install_fault_handler().
+/// Concurrency: concerns the calling thread only. Async-signal-safe once the handler is
+/// installed: it then only calls pthread_sigmask and writes a thread-local flag.
+Result<void> recheck_fault_signals();
+
 namespace detail {
 
 /// The fault record the primitives fill in after a fault (layout fixed by the assembly).
@@ -85,6 +117,14 @@ struct RawFault {
 
 /// True once the handler is installed; set with release order after it is.
 extern std::atomic<bool> fault_handler_ready;
+
+/// Per thread: true when the handler is installed and the thread's last check found SIGSEGV
+/// and SIGBUS deliverable (recheck_fault_signals). Only the thread itself and its signal
+/// handlers touch it. Initial-exec TLS: at a fixed offset from the thread pointer, so the fast
+/// path is one load, and the fault handler may clear it (static TLS is never allocated lazily,
+/// as a dynamic TLS block may be on first use).
+[[gnu::tls_model("initial-exec")]] extern constinit thread_local std::atomic<bool>
+    thread_fault_ready;
 
 /// Whether this architecture has the recovery primitives (x86-64 only, for now).
 #if defined(__x86_64__)
@@ -102,24 +142,32 @@ std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
 std::size_t guestmem_fault_fill(void* dst, int byte, std::size_t len, RawFault* fault) noexcept;
 }
 
-/// Installs the handler if needed; for the APIs that return errors.
-/// Errors: as install_fault_handler().
+/// Installs the handler if needed and checks the calling thread's mask unless its verdict is
+/// kept; for the APIs that return errors.
+/// Errors: as recheck_fault_signals().
 GUESTMEM_ALWAYS_INLINE Result<void> ensure_fault_handler() {
   if constexpr (kFaultRecovery) {
-    if (fault_handler_ready.load(std::memory_order_acquire)) [[likely]] {
+    if (thread_fault_ready.load(std::memory_order_relaxed)) [[likely]] {
       return {};
     }
   }
-  return install_fault_handler();
+  return recheck_fault_signals();
 }
 
-/// Installs the handler if needed; for the primitives, which have no error to return: aborts
-/// when it cannot be installed.
-[[gnu::noinline]] void require_fault_handler_slow() noexcept;
-GUESTMEM_ALWAYS_INLINE void require_fault_handler() noexcept {
-  if (!fault_handler_ready.load(std::memory_order_acquire)) [[unlikely]] {
-    require_fault_handler_slow();
+/// As ensure_fault_handler, for the primitives, which have no error to return: returns 0 when
+/// they may run, or the signal the calling thread blocks (then they must refuse); aborts when
+/// the handler cannot be installed.
+[[gnu::noinline]] int require_fault_handler_slow() noexcept;
+GUESTMEM_ALWAYS_INLINE int require_fault_handler() noexcept {
+  if (thread_fault_ready.load(std::memory_order_relaxed)) [[likely]] {
+    return 0;
   }
+  return require_fault_handler_slow();
+}
+
+/// What a primitive reports when it refused to run because the thread blocks `signal`.
+[[nodiscard]] constexpr FaultInfo refused_fault(int signal) noexcept {
+  return FaultInfo{0, signal, true};
 }
 
 /// Aborts with a message saying fault recovery is not supported on this architecture.
@@ -242,7 +290,9 @@ std::expected<T, FaultInfo> compare_exchange_recovering([[maybe_unused]] void* d
 /// Copies `len` bytes from `src` to `dst`, forward, stopping at the first byte that faults.
 /// A copy of 1, 2, 4 or 8 bytes is one load and one store (never torn when aligned).
 /// Returns the bytes copied (a prefix) and, when fewer than `len`, the fault.
-/// May stop short: only at a fault (on either side). Errors: none besides the fault.
+/// May stop short: only at a fault (on either side). Errors: none besides the fault; when the
+/// calling thread blocks SIGSEGV or SIGBUS, nothing is copied and the fault has `blocked` set
+/// (whatever `len`; see the rules above).
 /// Validity: nothing is retained. Preconditions: every byte of both ranges either may be
 /// accessed or faults (no memory with side effects on access, such as device MMIO); the ranges
 /// do not overlap, or the bytes written in the overlap are unspecified (nothing outside the
@@ -251,7 +301,9 @@ std::expected<T, FaultInfo> compare_exchange_recovering([[maybe_unused]] void* d
 /// Concurrency: other threads and the guest may access both ranges; only single accesses
 /// are untorn.
 inline FallibleOutcome fallible_copy(void* dst, const void* src, std::size_t len) noexcept {
-  detail::require_fault_handler();
+  if (const int blocked = detail::require_fault_handler(); blocked != 0) [[unlikely]] {
+    return FallibleOutcome{0, detail::refused_fault(blocked)};
+  }
   return detail::copy_recovering(dst, src, len);
 }
 
@@ -259,7 +311,9 @@ inline FallibleOutcome fallible_copy(void* dst, const void* src, std::size_t len
 /// 2, 4 or 8 bytes is one store. Returns, stops short and fails as fallible_copy.
 /// Preconditions: as fallible_copy, for the one range.
 inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t len) noexcept {
-  detail::require_fault_handler();
+  if (const int blocked = detail::require_fault_handler(); blocked != 0) [[unlikely]] {
+    return FallibleOutcome{0, detail::refused_fault(blocked)};
+  }
   return detail::fill_recovering(dst, byte, len);
 }
 
@@ -267,23 +321,29 @@ inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t l
 /// inline: no call.
 /// Ordering: as a std::memory_order_seq_cst load (on x86-64 every load is one).
 /// Errors: the fault, when the load faulted; its address is the first byte that faulted (`src`
-/// itself unless an unaligned load crosses into a page that faults). Never stops short: the
-/// load is done whole or not at all. Validity: nothing is retained.
+/// itself unless an unaligned load crosses into a page that faults). A fault with `blocked`
+/// set when the calling thread blocks SIGSEGV or SIGBUS (nothing was loaded). Never stops
+/// short: the load is done whole or not at all. Validity: nothing is retained.
 /// Preconditions: as fallible_copy.
 template <AtomicAccess T>
 inline std::expected<T, FaultInfo> fallible_load(const void* src) noexcept {
-  detail::require_fault_handler();
+  if (const int blocked = detail::require_fault_handler(); blocked != 0) [[unlikely]] {
+    return std::unexpected(detail::refused_fault(blocked));
+  }
   return detail::load_recovering<T>(src);
 }
 
 /// Stores `value` at `dst` with one instruction (never torn when `dst` is aligned), inline.
 /// Ordering: as a std::memory_order_release store; fallible_store_seq_cst for seq_cst.
 /// Errors: the fault, when the store faulted (then nothing was stored), with its address as
-/// in fallible_load. Never stops short. Validity: nothing is retained.
+/// in fallible_load; or refused as in fallible_load. Never stops short. Validity: nothing is
+/// retained.
 /// Preconditions: as fallible_copy.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcept {
-  detail::require_fault_handler();
+  if (const int blocked = detail::require_fault_handler(); blocked != 0) [[unlikely]] {
+    return std::unexpected(detail::refused_fault(blocked));
+  }
   return detail::store_recovering(dst, value);
 }
 
@@ -292,7 +352,9 @@ inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcep
 /// Errors, stopping short, validity and preconditions: as fallible_store.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
-  detail::require_fault_handler();
+  if (const int blocked = detail::require_fault_handler(); blocked != 0) [[unlikely]] {
+    return std::unexpected(detail::refused_fault(blocked));
+  }
   return detail::store_seq_cst_recovering(dst, value);
 }
 
@@ -300,14 +362,16 @@ inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value)
 /// sequentially consistent read-modify-write instruction, inline.
 /// Returns the value found: the exchange happened iff it equals `expected`.
 /// Errors: the fault, when the access faulted (then nothing was stored); a read-only page
-/// faults even when the values differ, because the instruction always writes. Never stops
-/// short. Validity: nothing is retained.
+/// faults even when the values differ, because the instruction always writes; or refused as
+/// in fallible_load. Never stops short. Validity: nothing is retained.
 /// Preconditions: as fallible_copy, and `dst` is aligned to sizeof(T) (an unaligned locked
 /// access may split across cache lines, which x86-64 makes slow and other CPUs refuse).
 template <AtomicAccess T>
 inline std::expected<T, FaultInfo> fallible_compare_exchange(void* dst, T expected,
                                                              T desired) noexcept {
-  detail::require_fault_handler();
+  if (const int blocked = detail::require_fault_handler(); blocked != 0) [[unlikely]] {
+    return std::unexpected(detail::refused_fault(blocked));
+  }
   return detail::compare_exchange_recovering(dst, expected, desired);
 }
 

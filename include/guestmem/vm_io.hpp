@@ -13,6 +13,10 @@
 // including the bytes written before a fault.
 //
 // Rules:
+// - A Fallible transfer in a thread that blocks SIGSEGV or SIGBUS does nothing and fails with
+//   FaultSignalBlocked (a fault there would kill the process; guestmem/fault.hpp says when the
+//   thread's mask is checked). The containers' reader() and writer() refuse to make a cursor
+//   in such a thread.
 // - `read_fallible`/`write_fallible`/`fill_zeros` may stop short: they return the bytes done,
 //   or the Fault error whose completed() is the bytes done, and leave the cursors after the
 //   last byte done, so a caller can resume or report exactly.
@@ -122,8 +126,13 @@ inline void zero_infallible(std::uint8_t* dst, std::size_t len) noexcept {
 #endif
 }
 
+/// The error for `fault`: Fault with the counts, or FaultSignalBlocked when the primitive
+/// refused to run (then nothing was done).
 [[nodiscard]] inline Error fault_error(const FaultInfo& fault, std::size_t expected,
                                        std::size_t completed) noexcept {
+  if (fault.blocked) [[unlikely]] {
+    return Error::fault_signal_blocked(fault.signal);
+  }
   return Error::fault(fault.address, fault.signal, expected, completed);
 }
 
@@ -209,7 +218,8 @@ class VmReader {
   /// when it fails, and those bytes are reported to the writer's bitmap.
   /// Returns the bytes copied.
   /// Errors: Fault(host address, signal, expected = the minimum above, completed = bytes
-  /// copied). May stop short: only at a fault.
+  /// copied); FaultSignalBlocked when the calling thread blocks SIGSEGV or SIGBUS (nothing
+  /// copied, the cursors unmoved). May stop short: only at a fault.
   template <Fallibility W, BitmapSlice S>
     requires(std::same_as<F, Fallible> || std::same_as<W, Fallible>)
   Result<std::size_t> read_fallible(VmWriter<W, S>& writer) noexcept {
@@ -227,8 +237,8 @@ class VmReader {
 
   /// Reads a `T` and advances past it. A `T` of 1, 2, 4 or 8 bytes is read with one load.
   /// Errors: OutOfBounds(0, sizeof(T), remain()) when fewer bytes are left; for a Fallible
-  /// reader, Fault with completed() = the bytes read before it. The cursor moves only on
-  /// success.
+  /// reader, Fault with completed() = the bytes read before it, or FaultSignalBlocked as
+  /// read_fallible. The cursor moves only on success.
   template <ByteValued T>
   Result<T> read_val() noexcept {
     if (remain() < sizeof(T)) [[unlikely]] {
@@ -253,8 +263,8 @@ class VmReader {
 
   /// Reads a `T` with one load and advances past it.
   /// Errors: Misaligned(cursor address, sizeof(T)) unless the cursor is aligned to sizeof(T);
-  /// OutOfBounds as read_val; for a Fallible reader, Fault with completed() = 0. The cursor
-  /// moves only on success.
+  /// OutOfBounds as read_val; for a Fallible reader, Fault with completed() = 0, or
+  /// FaultSignalBlocked as read_fallible. The cursor moves only on success.
   template <PodOnce T>
   Result<T> read_once() noexcept {
     using U = detail::UintOfSize<sizeof(T)>;
@@ -374,7 +384,8 @@ class VmWriter {
   /// Writes `value` and advances past it. A `T` of 1, 2, 4 or 8 bytes is one store.
   /// Errors: OutOfBounds(0, sizeof(T), avail()) when fewer bytes are left; for a Fallible
   /// writer, Fault with completed() = the bytes written before it (they stay written and are
-  /// reported to the bitmap). The cursor moves only on success.
+  /// reported to the bitmap), or FaultSignalBlocked as VmReader::read_fallible. The cursor
+  /// moves only on success.
   template <ByteValued T>
   Result<void> write_val(const T& value) noexcept {
     if (avail() < sizeof(T)) [[unlikely]] {
@@ -400,7 +411,8 @@ class VmWriter {
   /// Writes `value` with one store and advances past it.
   /// Errors: Misaligned(cursor address, sizeof(T)) unless the cursor is aligned to sizeof(T);
   /// OutOfBounds as write_val; for a Fallible writer, Fault with completed() = 0 (nothing was
-  /// stored). The cursor moves only on success.
+  /// stored), or FaultSignalBlocked as VmReader::read_fallible. The cursor moves only on
+  /// success.
   template <PodOnce T>
   Result<void> write_once(const T& value) noexcept {
     using U = detail::UintOfSize<sizeof(T)>;
@@ -443,7 +455,7 @@ class VmWriter {
   /// cursor advances by the bytes written, which are reported to the bitmap.
   /// Returns the bytes written.
   /// Errors: Fault(host address, signal, expected = min(count, avail()), completed = bytes
-  /// written). May stop short: only at a fault.
+  /// written); FaultSignalBlocked as VmReader::read_fallible. May stop short: only at a fault.
   Result<std::size_t> fill_zeros(std::size_t count) noexcept
     requires std::same_as<F, Fallible>
   {

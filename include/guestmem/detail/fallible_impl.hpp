@@ -19,7 +19,8 @@
 // completed() is the number of bytes done before it, so when the fault is on the guest side
 // the first guest address not done is `addr + completed()`. Bytes written before a fault stay
 // written. Every call first installs the fault handler if needed and fails with
-// FaultRecoveryUnsupported where that is impossible (see guestmem/fault.hpp).
+// FaultRecoveryUnsupported where that is impossible, and with FaultSignalBlocked, before
+// touching memory, in a thread that blocks SIGSEGV or SIGBUS (see guestmem/fault.hpp).
 #pragma once
 
 #include <array>
@@ -50,7 +51,7 @@ class FallibleMixin {
   /// Returns the bytes read (fewer than buf.size() at a hole or the end of memory).
   /// Errors: the container's out-of-range error when `addr` itself is outside (and `buf` is
   /// not empty); Fault(host address, signal, buf.size(), bytes read before the fault);
-  /// FaultRecoveryUnsupported. Concurrency: as read.
+  /// FaultSignalBlocked (nothing read); FaultRecoveryUnsupported. Concurrency: as read.
   Result<std::size_t> try_read(std::span<std::byte> buf, Addr addr) const {
     auto walked = copy_out(buf, addr);
     if (!walked) {
@@ -72,7 +73,7 @@ class FallibleMixin {
 
   /// Fills all of `buf` from `addr`.
   /// Errors: the container's out-of-range error; PartialBuffer(buf.size(), read) at a hole or
-  /// the end of memory; Fault as try_read; FaultRecoveryUnsupported.
+  /// the end of memory; Fault, FaultSignalBlocked and FaultRecoveryUnsupported as try_read.
   Result<void> try_read_slice(std::span<std::byte> buf, Addr addr) const {
     return whole(copy_out(buf, addr), buf.size());
   }
@@ -103,7 +104,8 @@ class FallibleMixin {
 
   /// Atomically loads a `T` from `addr`, with one instruction; every load order is honoured.
   /// Errors: as load (out of range, crossing a piece end, misaligned in host memory); Fault
-  /// (completed() 0); FaultRecoveryUnsupported. Preconditions: `order` is a load order.
+  /// (completed() 0); FaultSignalBlocked; FaultRecoveryUnsupported. Preconditions: `order` is
+  /// a load order.
   template <AtomicAccess T>
   Result<T> try_load(Addr addr, std::memory_order order) const {
     GUESTMEM_ASSERT(valid_load_order(order), "load with a release or acq_rel memory order");
@@ -166,7 +168,10 @@ class FallibleMixin {
   /// region; use try_read for ranges that cross regions). count == 0 gives an empty reader.
   /// Errors: the container's out-of-range error when `addr` is outside; its single-access
   /// error (InvalidBackendAddress, or OutOfBounds for a slice) when the range crosses the end
-  /// of the piece; FaultRecoveryUnsupported.
+  /// of the piece; FaultSignalBlocked when the calling thread blocks SIGSEGV or SIGBUS;
+  /// FaultRecoveryUnsupported. The cursor's transfers check the thread that makes them as
+  /// well, so a cursor used by another thread is refused there when that thread blocks either
+  /// signal (guestmem/fault.hpp says when a check reads the mask).
   /// Validity: while the container's memory (the region) is alive.
   Result<VmReader<Fallible>> reader(Addr addr, std::size_t count) const {
     if (auto ready = ensure_fault_handler(); !ready) [[unlikely]] {

@@ -14,8 +14,11 @@ namespace guestmem {
 namespace detail {
 
 std::atomic<bool> fault_handler_ready{false};
+// Never set here; defined because the inline fast paths of guestmem/fault.hpp name it.
+[[gnu::tls_model("initial-exec")]] constinit thread_local std::atomic<bool> thread_fault_ready{
+    false};
 
-void require_fault_handler_slow() noexcept { fault_recovery_unsupported(); }
+int require_fault_handler_slow() noexcept { fault_recovery_unsupported(); }
 
 void fault_recovery_unsupported() noexcept {
   assertion_failed("kFaultRecovery", __FILE__, __LINE__,
@@ -27,5 +30,7 @@ void fault_recovery_unsupported() noexcept {
 Result<void> install_fault_handler() {
   return std::unexpected(Error::fault_recovery_unsupported());
 }
+
+Result<void> recheck_fault_signals() { return install_fault_handler(); }
 
 }  // namespace guestmem

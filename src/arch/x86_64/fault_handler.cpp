@@ -21,11 +21,16 @@
 //   raised again, so the process dies of the right signal (with a core dump where enabled).
 //   SIG_IGN is honoured for a signal someone sent; a real fault cannot be ignored (the kernel
 //   itself forces the default action then), so it is treated as SIG_DFL.
+// - Before chaining, the handler clears the thread's kept verdict that SIGSEGV and SIGBUS are
+//   deliverable (thread_fault_ready), because the handler it chains to runs with the signal
+//   blocked: a fallible call made there checks the mask again and is refused instead of
+//   faulting, which the kernel would punish with the default action.
 //
 // Everything the handler calls is async-signal-safe: sigaction(2), raise(3), pthread_sigmask(3)
 // and the sigset functions (POSIX lists them all), reads of data written before the handler
 // was installed, acquire loads of the registered tables, each published before the count that
-// makes it visible, and an exchange on a lock-free atomic.
+// makes it visible, an exchange on a lock-free atomic and a store to an initial-exec
+// thread-local variable, which lives in the static TLS block and is never allocated lazily.
 #include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
@@ -36,6 +41,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <mutex>
 
 #include "guestmem/fault.hpp"
@@ -44,6 +50,8 @@ namespace guestmem {
 namespace detail {
 
 std::atomic<bool> fault_handler_ready{false};
+[[gnu::tls_model("initial-exec")]] constinit thread_local std::atomic<bool> thread_fault_ready{
+    false};
 
 extern "C" {
 [[gnu::visibility("hidden")]] extern std::uint8_t guestmem_fault_copy_avx2;
@@ -164,6 +172,9 @@ void call_previous(const struct sigaction& previous, int signal, siginfo_t* info
   }
   sigset_t own;
   pthread_sigmask(SIG_SETMASK, &mask, &own);
+  // The thread's kept verdict does not hold while the earlier handler runs (the signal is
+  // blocked, unless SA_NODEFER); its fallible calls must check the mask again.
+  thread_fault_ready.store(false, std::memory_order_relaxed);
   if (has_flag(previous, SA_SIGINFO)) {
     previous.sa_sigaction(signal, info, context);
   } else {
@@ -253,9 +264,14 @@ bool register_fault_table(const FaultTableEntry* begin, const FaultTableEntry* e
   return true;
 }
 
-void require_fault_handler_slow() noexcept {
-  GUESTMEM_ASSERT(install_fault_handler().has_value(),
+int require_fault_handler_slow() noexcept {
+  const Result<void> ready = recheck_fault_signals();
+  if (ready.has_value()) {
+    return 0;
+  }
+  GUESTMEM_ASSERT(ready.error().code() == ErrorCode::FaultSignalBlocked,
                   "the fault handler could not be installed (sigaction failed)");
+  return ready.error().signal();
 }
 
 }  // namespace detail
@@ -271,6 +287,27 @@ Result<void> install_fault_handler() {
   if (detail::install_errno != 0) {
     return std::unexpected(Error::fault_recovery_unsupported(detail::install_errno));
   }
+  return {};
+}
+
+Result<void> recheck_fault_signals() {
+  // The installation's flag first, so that a call from a signal handler never reaches
+  // call_once once the handler is installed.
+  if (!detail::fault_handler_ready.load(std::memory_order_acquire)) {
+    if (Result<void> installed = install_fault_handler(); !installed.has_value()) {
+      return installed;
+    }
+  }
+  sigset_t blocked;
+  // Without a new set, pthread_sigmask only reads the mask, and cannot fail.
+  pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
+  for (const int signal : {SIGSEGV, SIGBUS}) {
+    if (sigismember(&blocked, signal) == 1) {
+      detail::thread_fault_ready.store(false, std::memory_order_relaxed);
+      return std::unexpected(Error::fault_signal_blocked(signal));
+    }
+  }
+  detail::thread_fault_ready.store(true, std::memory_order_relaxed);
   return {};
 }
 
