@@ -17,6 +17,15 @@
 //   offered may have written any of the bytes offered, so the caller marks all of them.
 // - Write into a view only through its methods or through `unsafe_host_ptr()` for a system
 //   call; never keep the pointer after returning.
+// - Under ThreadSanitizer, the interceptor of a system call that reads or writes the view
+//   reports the kernel's copy as plain accesses, which race with the relaxed atomic accesses
+//   every guestmem copy of the same bytes makes (guest memory is shared by design).
+//   `BorrowedFd` (src/io.cpp) therefore makes the call between __tsan_ignore_thread_begin()
+//   and __tsan_ignore_thread_end() and then touches the bytes moved with relaxed atomics that
+//   change nothing (an atomic add of 0 where the kernel wrote, an atomic load where it read),
+//   so that TSan sees a relaxed atomic copy: guestmem's accesses are not reported, a plain
+//   access of those bytes in other code still is, and the descriptor's synchronisation still
+//   counts. An implementation that hands `unsafe_host_ptr()` to a system call can do the same.
 //
 // guestmem/io.hpp provides `BorrowedFd` (any file descriptor), `SpanReader`, `SpanWriter` and
 // `VectorWriter` (host memory).
