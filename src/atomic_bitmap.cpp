@@ -111,10 +111,7 @@ void AtomicBitmap::reset_range(std::size_t offset, std::size_t len) const {
   if (first >= pages_) {
     return;
   }
-  std::size_t last = (offset + (len - 1)) >> shift_;
-  if (last < first || last >= pages_) {
-    last = pages_ - 1;  // past the end, or offset + len wrapped: clear to the end
-  }
+  const std::size_t last = detail::last_page(offset, len, shift_, pages_);
   for (std::size_t w = first / 64; w <= last / 64; ++w) {
     const unsigned lo = w == first / 64 ? static_cast<unsigned>(first % 64) : 0U;
     const unsigned hi = w == last / 64 ? static_cast<unsigned>(last % 64) : 63U;

@@ -98,6 +98,37 @@ TEST(AtomicBitmap, ResetAndResetRange) {
   EXPECT_TRUE(dirty_pages(bitmap).empty());
 }
 
+// A range whose end passes 2^64 reaches the end of the bitmap, for marks and resets alike:
+// the wrapped end must not stand in for the real one.
+TEST(AtomicBitmap, RangesWhoseEndPasses2To64ReachTheEnd) {
+  constexpr std::size_t kMax = ~std::size_t{0};
+  AtomicBitmap bitmap(128 * 32, 32);
+  // offset + len wraps to 0x10 (page 0, before the first page): pages 3..127 are touched.
+  bitmap.mark_dirty(3 * 32 + 5, kMax - (3 * 32 + 5) + 0x11);
+  std::set<std::size_t> expected;
+  for (std::size_t p = 3; p < 128; ++p) {
+    expected.insert(p);
+  }
+  EXPECT_EQ(dirty_pages(bitmap), expected);
+  // Through a slice too: its offsets are relative to its base.
+  bitmap.reset();
+  bitmap.slice_at(64 * 32).mark_dirty(0, kMax);
+  expected.clear();
+  for (std::size_t p = 64; p < 128; ++p) {
+    expected.insert(p);
+  }
+  EXPECT_EQ(dirty_pages(bitmap), expected);
+
+  // A reset whose wrapped end falls in the page of its start clears to the end, not one page.
+  bitmap.mark_dirty(0, 128 * 32);
+  bitmap.reset_range(111 * 32 + 27, kMax);  // offset + len - 1 wraps to 111 * 32 + 25
+  expected.clear();
+  for (std::size_t p = 0; p < 111; ++p) {
+    expected.insert(p);
+  }
+  EXPECT_EQ(dirty_pages(bitmap), expected);
+}
+
 TEST(AtomicBitmap, MergeFromOutside) {
   AtomicBitmap bitmap(70 * 4096);
   bitmap.mark_dirty(0, 1);

@@ -33,6 +33,7 @@
 //   }
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstddef>
@@ -129,6 +130,19 @@ GUESTMEM_ALWAYS_INLINE void set_bits(std::atomic<std::uint64_t>* words, std::siz
 void mark_words(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t first,
                 std::size_t last) noexcept;
 
+// The last page of the pages [offset, offset + len) touch, for len > 0 and a first page below
+// `pages`: clipped to the last page, and the last page too when offset + len passes 2^64 (a
+// wrapped end would stand for a page before the first).
+[[nodiscard]] GUESTMEM_ALWAYS_INLINE std::size_t last_page(std::size_t offset, std::size_t len,
+                                                           unsigned shift,
+                                                           std::size_t pages) noexcept {
+  std::size_t end = 0;
+  if (__builtin_add_overflow(offset, len - 1, &end)) [[unlikely]] {
+    return pages - 1;
+  }
+  return std::min(end >> shift, pages - 1);
+}
+
 // Sets the bits of the pages [offset, offset + len) touch, within `pages` pages; one atomic
 // operation per word that lacks a bit (two when the word's summary bit is clear), none for
 // words that have them all.
@@ -142,10 +156,7 @@ GUESTMEM_ALWAYS_INLINE void mark_pages(std::atomic<std::uint64_t>* words, std::s
   if (first >= pages) [[unlikely]] {
     return;
   }
-  std::size_t last = (offset + (len - 1)) >> shift;
-  if (last >= pages) [[unlikely]] {
-    last = pages - 1;
-  }
+  const std::size_t last = last_page(offset, len, shift, pages);
   // Order the data stores of the write before the loads below (see the header comment).
   light_fence();
   if (first / 64 == last / 64) [[likely]] {
@@ -217,7 +228,8 @@ class AtomicBitmap {
   /// NewBitmap: a clean bitmap for `len` bytes in 4 KiB pages.
   static AtomicBitmap with_len(std::size_t len) { return AtomicBitmap(len); }
 
-  /// Marks the pages [offset, offset + len) touch as dirty; parts past the end are ignored.
+  /// Marks the pages [offset, offset + len) touch as dirty; parts past the end are ignored, and
+  /// a range whose end passes 2^64 runs to the last page.
   void mark_dirty(std::size_t offset, std::size_t len) const noexcept {
     detail::mark_pages(words_.get(), pages_, shift_, offset, len);
   }
@@ -243,7 +255,8 @@ class AtomicBitmap {
   [[nodiscard]] std::vector<std::uint64_t> to_words() const;
   /// Clears every page.
   void reset() const;
-  /// Clears the pages [offset, offset + len) touch; parts past the end are ignored. A write
+  /// Clears the pages [offset, offset + len) touch; parts past the end are ignored, and a
+  /// range whose end passes 2^64 runs to the last page. A write
   /// that returned before the call is cleared; one concurrent with it may or may not be.
   void reset_range(std::size_t offset, std::size_t len) const;
   /// Marks the pages set in `words` (KVM_GET_DIRTY_LOG's layout, from KVM or a peer) as dirty.
