@@ -1,13 +1,19 @@
 #include "guestmem/atomic_memory.hpp"
 
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <future>
 #include <memory>
+#include <optional>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -98,6 +104,128 @@ TEST(GuestMemoryAtomicDeathTest, AGuardBelongsToItsThread) {
         std::thread([&] { guard.reset(); }).join();
       },
       "released on another thread");
+}
+
+// A map that records its destruction in a flag, to see whether it was freed while a guard
+// still held it.
+struct Witness {
+  Witness(int v, std::atomic<bool>* freed_flag) : value(v), freed(freed_flag) {}
+  Witness(Witness&& other) noexcept
+      : value(other.value), freed(std::exchange(other.freed, nullptr)) {}
+  Witness& operator=(Witness&&) = delete;
+  ~Witness() {
+    if (freed != nullptr) {
+      freed->store(true);
+    }
+  }
+  int value;
+  std::atomic<bool>* freed;
+};
+
+// What a device thread's thread-local context and the main thread of
+// AThreadLocalGuardOutlivesTheThreadsRecord share.
+struct ThreadExit {
+  // 1 once the context's destructor runs, 2 once the main thread replaced the map.
+  std::atomic<int> phase{0};
+  // Set by the first map's destructor.
+  std::atomic<bool> first_map_freed{false};
+  // What the context's destructor saw through its guard.
+  std::atomic<bool> freed_under_guard{false};
+  std::atomic<int> value_seen{0};
+  std::atomic<int> value_seen_through_copy{0};
+};
+ThreadExit g_thread_exit;
+
+// A device's per-thread context that keeps a snapshot between calls and drops it when the
+// thread exits. Built before the thread's first guard, so the thread destroys it after
+// whatever that guard set up.
+struct DeviceContext {
+  std::optional<GuestMemoryGuard<Witness>> guard;
+  ~DeviceContext() {
+    if (!guard.has_value()) {
+      return;
+    }
+    g_thread_exit.phase.store(1);
+    g_thread_exit.phase.notify_all();
+    while (g_thread_exit.phase.load() != 2) {
+      g_thread_exit.phase.wait(1);
+    }
+    g_thread_exit.freed_under_guard.store(g_thread_exit.first_map_freed.load());
+    if (g_thread_exit.freed_under_guard.load()) {
+      std::fputs("the map was freed under a live guard\n", stderr);
+    }
+    // Reads freed memory if the map was freed (ASan reports it).
+    g_thread_exit.value_seen.store((*guard)->value);
+    // A copy nests on the same record; the map must live until the copy is gone too.
+    GuestMemoryGuard<Witness> copy = *guard;
+    guard.reset();
+    g_thread_exit.value_seen_through_copy.store(copy->value);
+  }
+};
+
+DeviceContext& device_context() {
+  thread_local DeviceContext context;
+  return context;
+}
+
+// A guard held by a thread_local that the thread destroys after the thread's own epoch
+// bookkeeping still protects its map: a writer that replaces the map and reclaims while the
+// guard lives must not free it. Run in a child process: before the record outlived such
+// guards, the child aborted ("released on another thread") or freed the map under the guard.
+TEST(GuestMemoryAtomicDeathTest, AThreadLocalGuardOutlivesTheThreadsRecord) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        GuestMemoryAtomic<Witness> space(Witness{1, &g_thread_exit.first_map_freed});
+        std::thread device([&] {
+          static_cast<void>(device_context());  // built first, as a device sets up its thread
+          device_context().guard.emplace(space.memory());  // the thread's first guard
+        });
+        while (g_thread_exit.phase.load() != 1) {
+          g_thread_exit.phase.wait(0);
+        }
+        // The device thread is exiting and its context still holds the guard.
+        space.lock().replace(Witness{2, nullptr});
+        GuestMemoryAtomic<Witness>::reclaim();
+        g_thread_exit.phase.store(2);
+        g_thread_exit.phase.notify_all();
+        device.join();
+        int code = 0;
+        if (g_thread_exit.freed_under_guard.load()) {
+          code = 1;
+        } else if (g_thread_exit.value_seen.load() != 1 ||
+                   g_thread_exit.value_seen_through_copy.load() != 1) {
+          std::fprintf(stderr, "the guard saw %d, its copy %d\n", g_thread_exit.value_seen.load(),
+                       g_thread_exit.value_seen_through_copy.load());
+          code = 2;
+        } else {
+          // The last guard is gone, and with it the thread's announcement.
+          GuestMemoryAtomic<Witness>::reclaim();
+          if (!g_thread_exit.first_map_freed.load()) {
+            std::fputs("the map outlived its last guard\n", stderr);
+            code = 3;
+          }
+        }
+        std::fflush(stderr);
+        ::_exit(code);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// A static object that holds a snapshot until static destruction, which on the main thread
+// comes after the thread's thread_locals are destroyed: the process still exits cleanly.
+TEST(GuestMemoryAtomicDeathTest, AStaticGuardAtExitExitsCleanly) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        struct Holder {
+          GuestMemoryAtomic<Counted> space{Counted{1}};
+          GuestMemoryGuard<Counted> guard = space.memory();
+        };
+        static Holder holder;
+        std::exit(holder.guard->value == 1 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 // Device code written once against GuestAddressSpace.

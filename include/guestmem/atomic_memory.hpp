@@ -34,8 +34,11 @@ namespace guestmem {
 /// A snapshot of a GuestMemoryAtomic's map: dereferences to the map, which stays alive and
 /// unchanged while the guard (or a copy of it) exists.
 /// Validity: the guard and its copies belong to the thread that created them: copying or
-/// destroying one on another thread aborts. Keep guards for one operation; a guard held
-/// for long keeps every map replaced since it was taken alive.
+/// destroying one on another thread aborts. A guard kept in a thread_local (a per-thread
+/// device context) or, on the main thread, in a static object stays valid until it is
+/// destroyed, even when that happens after the thread's other thread_locals are gone. Keep
+/// guards for one operation; a guard held for long keeps every map replaced since it was
+/// taken alive.
 template <class M>
 class GuestMemoryGuard {
  public:

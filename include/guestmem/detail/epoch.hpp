@@ -8,7 +8,12 @@
 // exchange-then-scan is ordered by an asymmetric fence (detail/asymmetric_fence.hpp), so
 // readers execute no fence, no read-modify-write and no lock.
 //
-// Records are never freed: a thread's record is released for reuse when the thread exits.
+// Records are never freed. A thread's record is released for reuse when the thread exits
+// and its last guard is gone, whichever comes last: a guard kept in a thread_local built
+// before the thread's first guard, or in a static object on the main thread, is destroyed
+// after the thread's own release step ran. That step then only detaches the record from the
+// hot path (the thread's guards keep announcing their epoch), and the last guard released on
+// the thread releases the record itself, on the slow path the detachment routes it to.
 #pragma once
 
 #include <atomic>
@@ -31,12 +36,20 @@ struct EpochRecord {
 
 // The current epoch (advanced by writers).
 extern std::atomic<std::uint64_t> g_epoch;
-// This thread's record, or null before its first guard.
+// This thread's record, or null before its first guard and once the thread's exit detached
+// the record (see epoch_register_thread).
 inline thread_local EpochRecord* t_epoch_record = nullptr;
 
 // Gives the calling thread a record (reusing a released one when it can) and arranges its
 // release at thread exit. The first guard of each thread calls it; it allocates at most once.
+// On a thread whose exit already detached its record, it returns that record while guards
+// hold it, and otherwise a record that the thread's last guard releases.
 [[gnu::noinline]] EpochRecord* epoch_register_thread() noexcept;
+
+// epoch_exit and epoch_nest for a record that is not t_epoch_record: the calling thread's
+// detached record, or a guard used on the wrong thread (which aborts).
+[[gnu::noinline]] void epoch_exit_detached(EpochRecord* record) noexcept;
+[[gnu::noinline]] void epoch_nest_detached(EpochRecord* record) noexcept;
 
 // Starts (or nests) a read-side section on this thread and returns its record.
 GUESTMEM_ALWAYS_INLINE EpochRecord* epoch_enter() noexcept {
@@ -56,7 +69,12 @@ GUESTMEM_ALWAYS_INLINE EpochRecord* epoch_enter() noexcept {
 // Ends one nesting level of the section `record` was returned for.
 // Preconditions: called on the thread that entered (aborts otherwise).
 GUESTMEM_ALWAYS_INLINE void epoch_exit(EpochRecord* record) noexcept {
-  GUESTMEM_ASSERT(record == t_epoch_record, "a snapshot guard was released on another thread");
+  // The same comparison that checks the thread also sends a detached record to the slow path,
+  // so the hot path costs what it did before records could be detached.
+  if (record != t_epoch_record) [[unlikely]] {
+    epoch_exit_detached(record);
+    return;
+  }
   if (--record->nesting == 0) {
     record->state.store(0, std::memory_order_release);
   }
@@ -65,8 +83,10 @@ GUESTMEM_ALWAYS_INLINE void epoch_exit(EpochRecord* record) noexcept {
 // Adds one more nesting level to the calling thread's current section (guard copies).
 // Preconditions: the thread holds a section on `record` (aborts otherwise).
 GUESTMEM_ALWAYS_INLINE void epoch_nest(EpochRecord* record) noexcept {
-  GUESTMEM_ASSERT(record == t_epoch_record && record->nesting > 0,
-                  "a snapshot guard was copied on another thread");
+  if (record != t_epoch_record || record->nesting == 0) [[unlikely]] {
+    epoch_nest_detached(record);
+    return;
+  }
   ++record->nesting;
 }
 
