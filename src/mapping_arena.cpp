@@ -13,12 +13,35 @@ namespace {
 
 constexpr int kPlaceholderFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
 
-// Puts the inaccessible placeholder back over [addr, addr + size) of an arena, or aborts: a
-// hole in the reservation could be taken by another mmap and later unmapped by the arena.
-void restore_placeholder(std::uint8_t* addr, std::size_t size) noexcept {
+// Maps the inaccessible placeholder over [addr, addr + size) of an arena, replacing whatever
+// is there. Returns 0, or the errno of the failed mmap.
+int map_placeholder(std::uint8_t* addr, std::size_t size) noexcept {
   // SAFETY: the range lies inside the arena's reservation, which only the arena uses.
   void* placed = ::mmap(addr, size, PROT_NONE, kPlaceholderFlags | MAP_FIXED, -1, 0);
-  GUESTMEM_ASSERT(placed != MAP_FAILED, "MappingArena: cannot restore its reservation");
+  return placed == MAP_FAILED ? errno : 0;
+}
+
+// Whether every page of [addr, addr + size) is mapped. msync with MS_ASYNC does nothing to a
+// mapping but fails with ENOMEM where the range has a hole.
+bool is_mapped(std::uint8_t* addr, std::size_t size) noexcept {
+  // SAFETY: MS_ASYNC neither reads nor writes the range, and the range is the arena's.
+  return ::msync(addr, size, MS_ASYNC) == 0;
+}
+
+// After a MAP_FIXED mmap over [addr, addr + size) failed, returns true when what was there is
+// still there: the range has no hole, because the kernel refused before it unmapped anything
+// (as at the mapping-count limit, where it cannot split the VMAs around the range). Older
+// kernels unmapped the range before some failures; then the placeholder goes back and this
+// returns false, or, should that fail too, the arena aborts, because a hole in the reservation
+// could be taken by another mmap and later unmapped by the arena.
+bool keep_reserved(std::uint8_t* addr, std::size_t size) noexcept {
+  if (is_mapped(addr, size)) {
+    return true;
+  }
+  const int err = map_placeholder(addr, size);
+  GUESTMEM_ASSERT(err == 0,
+                  "MappingArena: cannot restore its reservation after a failed mmap left a hole");
+  return false;
 }
 
 }  // namespace
@@ -75,8 +98,11 @@ Result<void> MappingArena::add_fd_mapping(std::size_t offset, std::size_t size, 
   if (auto ok = detail::check_file_range(fd.get(), fd_offset, size); !ok) {
     return std::unexpected(ok.error());
   }
-  // Room for the new entry first, so that nothing can fail once the mmap is done.
-  mappings_.reserve(mappings_.size() + 1);
+  // Room for the new entry first, so that nothing can fail once the mmap is done. The list
+  // grows geometrically: reserving one more each time would copy it on every add.
+  if (mappings_.size() == mappings_.capacity()) {
+    mappings_.reserve(std::max<std::size_t>(8, 2 * mappings_.capacity()));
+  }
   // The first mapping that ends after `offset` is the only one that can overlap.
   auto next = std::upper_bound(
       mappings_.begin(), mappings_.end(), offset,
@@ -91,8 +117,8 @@ Result<void> MappingArena::add_fd_mapping(std::size_t offset, std::size_t size, 
                         static_cast<off_t>(fd_offset));
   if (placed == MAP_FAILED) {
     const int err = errno;
-    // Older kernels may have removed the placeholder before failing.
-    restore_placeholder(addr, size);
+    // The range holds the placeholder again either way.
+    static_cast<void>(keep_reserved(addr, size));
     return std::unexpected(Error::mapping_failed(err, size));
   }
   mappings_.insert(next, ArenaMapping{offset, size, fd_offset, protection});
@@ -106,7 +132,16 @@ Result<void> MappingArena::remove_mapping(std::size_t offset, std::size_t size) 
   if (found == mappings_.end() || found->offset != offset || found->size != size) {
     return std::unexpected(Error::at(ErrorCode::NoSuchMapping, offset, size));
   }
-  restore_placeholder(base_ + offset, size);
+  std::uint8_t* addr = base_ + offset;
+  if (const int err = map_placeholder(addr, size); err != 0) {
+    // At the mapping-count limit the kernel refuses to split a VMA that holds this mapping and
+    // a neighbour it merged with (consecutive pages of the same file), and leaves the mapping
+    // as it was: it stays in the list. A kernel that unmapped it before failing has removed
+    // it, and keep_reserved put the placeholder back.
+    if (keep_reserved(addr, size)) {
+      return std::unexpected(Error::mapping_failed(err, size));
+    }
+  }
   mappings_.erase(found);
   return {};
 }

@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -198,6 +201,127 @@ TEST(MappingArena, ReplaceIsRemoveThenAdd) {
   EXPECT_EQ(view(*arena, kPage, kPage).read_obj<std::uint8_t>(0), 20u);
   EXPECT_EQ(view(*arena, kPage, kPage).read_obj<std::uint8_t>(kPage - 1),
             static_cast<std::uint8_t>(20 + kPage - 1));
+}
+
+// The process's mapping-count limit (vm.max_map_count).
+std::size_t max_map_count() {
+  std::ifstream in("/proc/sys/vm/max_map_count");
+  std::size_t limit = 0;
+  in >> limit;
+  return limit;
+}
+
+// How many mappings the process has: the lines of /proc/self/maps.
+std::size_t map_count() {
+  std::ifstream maps("/proc/self/maps");
+  std::size_t lines = 0;
+  for (std::string line; std::getline(maps, line);) {
+    ++lines;
+  }
+  return lines;
+}
+
+// Drives an arena into the process's mapping-count limit and back, in this process: called in
+// a child, it exits 0 when every check held and otherwise prints what failed and exits 1.
+[[noreturn]] void arena_at_the_map_count_limit() {
+  auto check = [](bool ok, const char* what) {
+    if (!ok) {
+      std::fprintf(stderr, "check failed: %s\n", what);
+      std::fflush(stderr);
+      ::_exit(1);
+    }
+  };
+  const std::size_t limit = max_map_count();
+  check(limit > 1000, "vm.max_map_count is readable");
+  // Mappings the arena is left to use up; each one-page mapping in the middle of the
+  // placeholder costs two (the placeholder is split around it).
+  constexpr std::size_t kHeadroom = 256;
+  auto arena = MappingArena::create((kHeadroom + 16) * kPage);
+  check(arena.has_value(), "create");
+  std::uint8_t* base = arena->unsafe_host_ptr();
+  UniqueFd fd = filled_memfd(2, 5);
+  const BorrowedFd file{fd};
+  const auto rw = Protection::read_write();
+  // Two mappings of consecutive file pages side by side, which the kernel merges into one
+  // VMA: removing one of them needs a split, which the limit refuses.
+  check(arena->add_fd_mapping(0, kPage, file, 0, rw).has_value(), "add the pair's first page");
+  check(arena->add_fd_mapping(kPage, kPage, file, kPage, rw).has_value(),
+        "add the pair's second page");
+  auto pair = vma_at(base);
+  check(pair.has_value() && pair->end == reinterpret_cast<std::uintptr_t>(base + 2 * kPage),
+        "the pair is one VMA");
+
+  // Burn the mapping count down to the headroom with one-page anonymous mappings of our own,
+  // alternating protections so that neighbours do not merge.
+  std::vector<void*> burned;
+  burned.reserve(limit);
+  auto burn_one = [&]() {
+    const int prot = burned.size() % 2 == 0 ? PROT_NONE : PROT_READ;
+    void* page = ::mmap(nullptr, kPage, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) {
+      return false;
+    }
+    burned.push_back(page);
+    return true;
+  };
+  for (std::size_t count = map_count(); count + kHeadroom < limit; count = map_count()) {
+    for (std::size_t i = count; i + kHeadroom < limit; ++i) {
+      check(burn_one(), "burn a mapping");
+    }
+  }
+
+  // One-page mappings with a placeholder page between them, until the limit refuses one.
+  std::size_t added = 2;
+  std::size_t failed_at = 0;
+  for (std::size_t offset = 3 * kPage; offset < arena->size(); offset += 2 * kPage) {
+    auto r = arena->add_fd_mapping(offset, kPage, file, 0, rw);
+    if (!r) {
+      check(r.error() == Error::mapping_failed(ENOMEM, kPage), "the add fails with ENOMEM");
+      failed_at = offset;
+      break;
+    }
+    ++added;
+  }
+  check(failed_at != 0, "the arena reached the limit");
+  check(arena->mappings().size() == added, "the failed add changed nothing");
+
+  // At the limit (a new mapping that needs no split may still take it one past), removing
+  // half of the merged pair needs a split: an error, and the mapping stays.
+  while (burn_one()) {
+  }
+  check(arena->remove_mapping(0, kPage).error() == Error::mapping_failed(ENOMEM, kPage),
+        "the remove fails with ENOMEM");
+  check(arena->mappings().size() == added, "the failed remove changed nothing");
+  check(view(*arena, 0, 2 * kPage).read_obj<std::uint8_t>(kPage - 1) ==
+            static_cast<std::uint8_t>(5 + kPage - 1),
+        "the mapping is still there");
+
+  // Room again: the arena works as before.
+  for (int i = 0; i < 16; ++i) {
+    check(::munmap(burned.back(), kPage) == 0, "unmap a burned page");
+    burned.pop_back();
+  }
+  check(arena->remove_mapping(0, kPage).has_value(), "remove after making room");
+  check(arena->add_fd_mapping(failed_at, kPage, file, kPage, rw).has_value(),
+        "add where the limit refused one");
+  check(arena->mappings().size() == added, "one mapping less, one more");
+  check(view(*arena, failed_at, kPage).read_obj<std::uint8_t>(0) ==
+            static_cast<std::uint8_t>(5 + kPage),
+        "the new mapping shows the file");
+  auto hole = vma_at(base);
+  check(hole.has_value() && hole->perms == "---p", "the removed mapping left a placeholder");
+  check(is_mapped(base, arena->size()), "the whole arena is still reserved");
+  std::fflush(stderr);
+  ::_exit(0);
+}
+
+// The mapping-count limit (vm.max_map_count) makes the kernel refuse the VMA splits that an
+// add or a remove needs. Both fail with MappingFailed(ENOMEM) and leave the arena as it was:
+// the kernel refuses before it touches the placeholder or the mapping. The limit is per
+// process, so a child process uses up its own count, and the system's setting is untouched.
+TEST(MappingArena, MapCountLimitIsAnErrorNotAnAbort) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(arena_at_the_map_count_limit(), ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace

@@ -13,6 +13,9 @@
 // - Removing a mapping puts a PROT_NONE placeholder back: the hole stays reserved (no other
 //   mmap in the process can land in it) and inaccessible (an access faults).
 // - Replacing a mapping is remove_mapping then add_fd_mapping at the same offset.
+// - A mapping inside the placeholder costs the process up to two more mappings (VMAs): at
+//   its limit (vm.max_map_count) add and remove fail with MappingFailed(ENOMEM) and change
+//   nothing.
 // - The arena unmaps the whole range, mappings included, when destroyed.
 //
 //   auto bar = MappingArena::create(0x100000);
@@ -68,10 +71,14 @@ class MappingArena {
   /// page size); InvalidOffsetLength or MappingPastEof when the file is known to be too short
   /// (regular files, memfds, block devices); MappingOverlap when the range meets a mapping
   /// already there; MappingFailed(errno) when mmap refuses (EACCES: `fd` was not opened for
-  /// the protection asked; ENODEV: it cannot be mapped). After an error nothing changed.
-  /// Preconditions: the placeholder can be restored after a failed mmap (the kernel only
-  /// fails that at the process's mapping-count limit); otherwise this aborts, because a hole
-  /// in the reservation could be taken by another mmap and later unmapped by the arena.
+  /// the protection asked; ENODEV: it cannot be mapped; ENOMEM: the process has reached its
+  /// mapping-count limit, vm.max_map_count, and the placeholder cannot be split around the
+  /// new mapping). After an error nothing changed. Throws std::bad_alloc, before anything
+  /// changed, when the list of mappings cannot grow.
+  /// Preconditions: a kernel that unmaps the range before its mmap fails (older kernels did,
+  /// for some failures; a failure at the mapping-count limit leaves the placeholder) lets the
+  /// arena map the placeholder back; otherwise this aborts, because a hole in the reservation
+  /// could be taken by another mmap and later unmapped by the arena.
   /// Concurrency: add and remove change the arena; callers serialize them with each other
   /// and with mappings().
   Result<void> add_fd_mapping(std::size_t offset, std::size_t size, BorrowedFd fd,
@@ -80,7 +87,11 @@ class MappingArena {
   /// Removes the mapping that starts at `offset` and is `size` bytes long, leaving a reserved,
   /// inaccessible hole. Accesses to the range fault from then on (SIGSEGV in the VMM, EFAULT
   /// for KVM): stop every user of it first.
-  /// Errors: NoSuchMapping unless exactly such a mapping was added.
+  /// Errors: NoSuchMapping unless exactly such a mapping was added; MappingFailed(ENOMEM)
+  /// when the kernel merged the mapping with a neighbour (consecutive pages of the same file,
+  /// same protection) and the process's mapping-count limit refuses the split that removing
+  /// only this one needs: the mapping then stays, usable and listed, and a later remove can
+  /// succeed once the process has fewer mappings. After an error nothing changed.
   /// Preconditions and concurrency: as add_fd_mapping.
   Result<void> remove_mapping(std::size_t offset, std::size_t size);
 
