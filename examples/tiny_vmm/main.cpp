@@ -375,6 +375,11 @@ int run_source(const Options& o, GuestKind kind) {
     return 0;
   }
   const std::string snapshot = o.workdir + "/guest.snap";
+  if (!std::filesystem::exists(snapshot)) {
+    say("snapshot: none; the guest was past request %u when it reached the destination\n",
+        o.snapshot_after);
+    return 0;
+  }
   for (auto mode : {guestmem::RestoreMode::Eager, guestmem::RestoreMode::Lazy}) {
     const bool eager = mode == guestmem::RestoreMode::Eager;
     const std::string out = o.output + (eager ? ".eager" : ".lazy");
@@ -466,8 +471,10 @@ int main(int argc, char** argv) {
   if (!o.incoming.empty()) {
     return run_destination(o);
   }
-  // A fresh output file: the guest writes every block of it.
+  // A fresh output file (the guest writes every block of it) and no snapshot of an earlier
+  // run in a reused work directory.
   std::filesystem::remove(o.output);
+  std::filesystem::remove(o.workdir + "/guest.snap");
   const GuestKind kind = choose_guest(o.guest);
   say("tiny_vmm: guest on %s; memory 0-1 MiB and 2-3 MiB; work in %s\n",
       kind == GuestKind::Kvm ? "KVM (one vCPU)" : "a host thread", o.workdir.c_str());
