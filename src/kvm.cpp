@@ -16,6 +16,10 @@ namespace {
 
 constexpr int kKvmApiVersion = 12;
 
+// KvmSlot's flag values are KVM's, so they pass straight into the ioctl.
+static_assert(KvmSlot::kLogDirtyPages == KVM_MEM_LOG_DIRTY_PAGES);
+static_assert(KvmSlot::kReadonly == KVM_MEM_READONLY);
+
 // ioctl, retried on EINTR (KVM_CREATE_VM and the dirty-log calls may be interrupted by a
 // signal before they change anything).
 template <class Arg>
@@ -381,6 +385,8 @@ Result<void> KvmMemorySlots::merge_dirty_log(const GuestMemoryMmap<AtomicBitmap>
     const AtomicBitmap& bitmap = mem.find_region(record.slot.guest_base)->bitmap();
     kvm_dirty_log log{};
     log.slot = record.slot.slot;
+    // SAFETY: record.log holds one bit per page of the slot, rounded up to 64-bit words,
+    // which is exactly what KVM writes for a slot of this size.
     log.dirty_bitmap = record.log.data();
     if (kvm_ioctl(vm, KVM_GET_DIRTY_LOG, &log) < 0) {
       return std::unexpected(Error::kvm_slot_refused(errno, KVM_GET_DIRTY_LOG, record.slot.slot,
@@ -501,6 +507,8 @@ KvmDirtyRing::KvmDirtyRing(void* ring, std::size_t bytes) noexcept
 Result<KvmDirtyRing> KvmDirtyRing::map(BorrowedFd vcpu_fd, std::size_t bytes) {
   const auto offset =
       static_cast<off_t>(std::uint64_t{KVM_DIRTY_LOG_PAGE_OFFSET} * host_page_size());
+  // KVM backs only the pages of the ring it allocated; `bytes` must be the size given to
+  // enable() (see the header), or harvest would touch pages KVM does not back.
   void* ring = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd.get(), offset);
   if (ring == MAP_FAILED) {
     return std::unexpected(Error::mapping_failed(errno, bytes));

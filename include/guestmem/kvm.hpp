@@ -255,8 +255,12 @@ class KvmDirtyRing {
   static Result<std::size_t> max_bytes(BorrowedFd vm_fd);
 
   /// Maps the ring of the vCPU `vcpu_fd` (KVM_DIRTY_LOG_PAGE_OFFSET pages into the vCPU's
-  /// mmap area), `bytes` as given to enable().
+  /// mmap area).
+  /// Preconditions: `bytes` is the size given to enable(); KVM backs no more than that, and
+  /// harvesting a larger mapping would fault (SIGBUS) past the ring.
   /// Errors: MappingFailed(errno, bytes).
+  /// Validity: the ring stays mapped while this object lives, even after the vCPU's
+  /// descriptor is closed (the mapping keeps the vCPU).
   static Result<KvmDirtyRing> map(BorrowedFd vcpu_fd, std::size_t bytes);
 
   KvmDirtyRing(KvmDirtyRing&& other) noexcept;
