@@ -55,6 +55,9 @@ std::optional<Vm> open_vm(std::string& why) {
     GTEST_SKIP() << name##_why;         \
   }
 
+// The guests below are x86 real-mode code; elsewhere only the tests without a guest run.
+#if defined(__x86_64__)
+
 // Real-mode code that stores each byte at its address (below 64 KiB, DS base 0), then hlt.
 std::vector<std::uint8_t> store_bytes_code(
     const std::vector<std::pair<std::uint16_t, std::uint8_t>>& stores) {
@@ -159,6 +162,8 @@ void run_code(TestVcpu& vcpu, const M& mem, std::uint64_t at,
   ASSERT_EQ(vcpu.run(), static_cast<std::uint32_t>(KVM_EXIT_HLT));
 }
 
+#endif  // __x86_64__
+
 template <class M>
 std::uint8_t byte_at(const M& mem, std::uint64_t addr) {
   using Addr = std::conditional_t<std::is_same_v<M, GuestRegionMmap<>>, MemoryRegionAddress,
@@ -238,6 +243,7 @@ TEST(KvmMemorySlots, CreateRefusesADescriptorThatIsNoVm) {
 constexpr std::uint64_t kHoleStart = 0x4000;
 constexpr std::uint64_t kSecondBase = 0x8000;
 
+#if defined(__x86_64__)
 TEST(KvmMemorySlots, TwoRegionsWithAHoleCarryAGuestsWrites) {
   OPEN_VM_OR_SKIP(vm);
   auto mem = GuestMemoryMmap<>::from_ranges(
@@ -272,7 +278,9 @@ TEST(KvmMemorySlots, TwoRegionsWithAHoleCarryAGuestsWrites) {
   EXPECT_EQ(byte_at(*mem, 0x1233), 0x00);
   EXPECT_EQ(byte_at(*mem, 0x8766), 0x00);
 }
+#endif  // __x86_64__
 
+#if defined(__x86_64__)
 // The pages set in the first word of `region`'s bitmap, clearing them; the other words must
 // be clean.
 std::uint64_t take_dirty(const GuestRegionMmap<AtomicBitmap>& region) {
@@ -282,7 +290,9 @@ std::uint64_t take_dirty(const GuestRegionMmap<AtomicBitmap>& region) {
   }
   return words.empty() ? 0 : words[0];
 }
+#endif  // __x86_64__
 
+#if defined(__x86_64__)
 TEST(KvmMemorySlots, DirtyLogJoinsGuestAndDeviceWritesInOneReset) {
   OPEN_VM_OR_SKIP(vm);
   auto mem = GuestMemoryMmap<AtomicBitmap>::from_ranges(
@@ -330,7 +340,9 @@ TEST(KvmMemorySlots, DirtyLogJoinsGuestAndDeviceWritesInOneReset) {
   EXPECT_EQ(take_dirty(second), 0b0101U);
   EXPECT_EQ(byte_at(*mem, 0xa010), 4);
 }
+#endif  // __x86_64__
 
+#if defined(__x86_64__)
 // Pages in words of the log far apart (more than the gap across which one clear covers two
 // runs), at a word boundary and in the last page of the slot: each merge reports exactly
 // them, and each clear re-arms exactly them.
@@ -381,7 +393,9 @@ TEST(KvmMemorySlots, DirtyLogOfPagesFarApartInALargeSlot) {
   }
   EXPECT_EQ(byte_at(*mem, last_page * 4096 + 0xfff), 0x77);
 }
+#endif  // __x86_64__
 
+#if defined(__x86_64__)
 TEST(KvmMemorySlots, DirtyLogWithoutManualProtection) {
   OPEN_VM_OR_SKIP(vm);
   auto mem = GuestMemoryMmap<AtomicBitmap>::from_ranges({{GuestAddress{0}, 0x10000}});
@@ -402,6 +416,7 @@ TEST(KvmMemorySlots, DirtyLogWithoutManualProtection) {
   ASSERT_TRUE(slots->merge_dirty_log(*mem).has_value());
   EXPECT_EQ(slots->last_merge_pages(), 0U);
 }
+#endif  // __x86_64__
 
 TEST(KvmMemorySlots, MergeRefusesAMapWithoutTheSlotsRegions) {
   OPEN_VM_OR_SKIP(vm);
@@ -428,6 +443,7 @@ TEST(KvmMemorySlots, MergeOfSlotsThatDoNotLogReportsNothing) {
   EXPECT_EQ(slots->last_merge_pages(), 0U);
 }
 
+#if defined(__x86_64__)
 TEST(KvmMemorySlots, HotPlugChangesExactlyTheSlotsThatChanged) {
   OPEN_VM_OR_SKIP(vm);
   auto initial = GuestMemoryMmap<>::from_ranges(
@@ -497,7 +513,9 @@ TEST(KvmMemorySlots, HotPlugChangesExactlyTheSlotsThatChanged) {
   EXPECT_EQ(byte_at(*mem, 0x8765), 0x22);
   EXPECT_EQ(byte_at(*unplugged, 0x765), 0x00);
 }
+#endif  // __x86_64__
 
+#if defined(__x86_64__)
 TEST(KvmMemorySlots, AReadOnlyRegionExitsAsMmioAndStaysUnchanged) {
   OPEN_VM_OR_SKIP(vm);
   auto readonly_ok = vm->kvm.check_extension(KVM_CAP_READONLY_MEM);
@@ -536,6 +554,7 @@ TEST(KvmMemorySlots, AReadOnlyRegionExitsAsMmioAndStaysUnchanged) {
   EXPECT_EQ(byte_at(*mem, 0x1000), 0xcc);
   EXPECT_EQ(byte_at(*mem, 0x8123), 0x00);
 }
+#endif  // __x86_64__
 
 TEST(KvmMemorySlots, ARefusedSlotNamesItsNumberRangeAndErrno) {
   OPEN_VM_OR_SKIP(vm);
@@ -597,6 +616,7 @@ TEST(KvmMemorySlots, DestructionDeletesTheSlots) {
 
 // ---- KvmDirtyRing ----
 
+#if defined(__x86_64__)
 TEST(KvmDirtyRing, HarvestsTheGuestsWritesIntoTheBitmaps) {
   OPEN_VM_OR_SKIP(vm);
   auto max = KvmDirtyRing::max_bytes(BorrowedFd(vm->fd));
@@ -656,7 +676,9 @@ TEST(KvmDirtyRing, HarvestsTheGuestsWritesIntoTheBitmaps) {
   const std::vector<KvmDirtyPage> expected{{s0, 1}, {s0, 3}, {s1, 0}, {s1, 2}};
   EXPECT_EQ(pages, expected);
 }
+#endif  // __x86_64__
 
+#if defined(__x86_64__)
 TEST(KvmDirtyRing, EnableAfterAVcpuExistsIsRefused) {
   OPEN_VM_OR_SKIP(vm);
   auto max = KvmDirtyRing::max_bytes(BorrowedFd(vm->fd));
@@ -672,6 +694,7 @@ TEST(KvmDirtyRing, EnableAfterAVcpuExistsIsRefused) {
   EXPECT_EQ(enabled.error().os_error(), EINVAL);
   EXPECT_EQ(enabled.error().address(), static_cast<std::uint64_t>(KVM_ENABLE_CAP));
 }
+#endif  // __x86_64__
 
 }  // namespace
 }  // namespace guestmem
