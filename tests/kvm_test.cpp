@@ -614,6 +614,39 @@ TEST(KvmMemorySlots, DestructionDeletesTheSlots) {
   EXPECT_EQ(again->num_slots(), 0U);
 }
 
+TEST(KvmMemorySlots, KeepTheVmOpenAfterTheCallerClosesIt) {
+  OPEN_VM_OR_SKIP(vm);
+  auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 0x4000}});
+  ASSERT_TRUE(mem.has_value());
+  auto slots = KvmMemorySlots::create(BorrowedFd(vm->fd));
+  ASSERT_TRUE(slots.has_value());
+  ASSERT_TRUE(slots->sync(*mem).has_value());
+  vm->fd.reset();
+  // The slots hold their own descriptor of the VM: it can still delete its slots.
+  auto emptied = slots->sync(GuestMemoryMmap<>());
+  ASSERT_TRUE(emptied.has_value()) << emptied.error().message();
+  EXPECT_EQ(slots->last_sync().removed, 1U);
+}
+
+TEST(KvmMemorySlots, MoveAssignmentDeletesTheSlotsItReplaces) {
+  OPEN_VM_OR_SKIP(vm);
+  auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 0x4000}});
+  auto other = GuestMemoryMmap<>::from_ranges({{GuestAddress{0x10000}, 0x4000}});
+  ASSERT_TRUE(mem.has_value() && other.has_value());
+  auto first = KvmMemorySlots::create(BorrowedFd(vm->fd));
+  auto second = KvmMemorySlots::create(BorrowedFd(vm->fd), {.first_slot = 1});
+  ASSERT_TRUE(first.has_value() && second.has_value());
+  ASSERT_TRUE(first->sync(*mem).has_value());
+  ASSERT_TRUE(second->sync(*other).has_value());
+  *first = std::move(*second);
+  EXPECT_EQ(first->num_slots(), 1U);
+  EXPECT_EQ(first->slots().at(0).guest_base, GuestAddress{0x10000});
+  // The range of the replaced slots is free again in KVM.
+  auto third = KvmMemorySlots::create(BorrowedFd(vm->fd), {.first_slot = 2});
+  ASSERT_TRUE(third.has_value());
+  EXPECT_TRUE(third->sync(*mem).has_value());
+}
+
 // ---- KvmDirtyRing ----
 
 #if defined(__x86_64__)
