@@ -169,12 +169,14 @@ class KvmMemorySlots {
   /// Fetches KVM's dirty log of every logging slot (KVM_GET_DIRTY_LOG into a buffer each slot
   /// keeps) and merges it into the AtomicBitmap of the slot's region in `mem`; with manual
   /// protection, then clears in KVM exactly the pages fetched (KVM_CLEAR_DIRTY_LOG), so a
-  /// page the guest dirties meanwhile is reported by the next call. No allocation.
-  /// Preconditions of use: `mem` is the map last synced (or has the same regions).
+  /// page the guest dirties meanwhile is reported by the next call. Slots that do not log
+  /// (read-only ones, or all without log_dirty_pages) are skipped. No allocation.
+  /// `mem` is the map last synced (or one with the same regions).
   /// Errors, checked before anything is fetched: InvalidGuestRegion(guest base, size) when
-  /// `mem` has no region for a logging slot; InvalidBitmap when a region's bitmap does not
-  /// use the host page size. Then KvmSlotRefused (KVM_GET_DIRTY_LOG or KVM_CLEAR_DIRTY_LOG,
-  /// the slot, errno: ENOENT when the slots do not log, ENXIO on a VM with dirty rings). It
+  /// `mem` has no region for a logging slot; InvalidBitmap(bitmap words, log words) when a
+  /// region's bitmap does not use the host page size. Then KvmSlotRefused
+  /// (KVM_GET_DIRTY_LOG or KVM_CLEAR_DIRTY_LOG, the slot, errno: ENXIO on a VM with dirty
+  /// rings). It
   /// may stop short: slots merged before a failure stay merged; pages fetched from a slot
   /// whose clear failed are merged and stay dirty in KVM (reported again, never lost).
   Result<void> merge_dirty_log(const GuestMemoryMmap<AtomicBitmap>& mem);
