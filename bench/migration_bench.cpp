@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <thread>
@@ -121,14 +122,17 @@ void migration_sender(benchmark::State& state) {
 
 void plain_write_loop(benchmark::State& state) {
   const bool alternate = state.range(0) != 0;
-  std::vector<char> source(kRegion, 0x5a);
+  // As much host memory as the guest's, read in the same places: record i's payload comes
+  // from where the sender's does (the region's start, or every other page).
+  std::vector<char> source(2 * kRegion, 0x5a);
+  const std::array<char, kHeader> header{};
   const auto parts = pieces(alternate);
   Drain drain;
   std::uint64_t total = 0;
-  auto write_all = [&](std::size_t len) {
+  auto write_all = [&](const char* from, std::size_t len) {
     std::size_t done = 0;
     while (done < len) {
-      const ssize_t n = ::write(drain.fd(), source.data() + done, len - done);
+      const ssize_t n = ::write(drain.fd(), from + done, len - done);
       if (n <= 0) {
         std::abort();
       }
@@ -139,8 +143,8 @@ void plain_write_loop(benchmark::State& state) {
     // The same pieces in the same order as the sender: header, payload, header, payload...
     const std::size_t records = parts[0].second;
     for (std::size_t i = 0; i < records; ++i) {
-      write_all(parts[0].first);
-      write_all(parts[1].first);
+      write_all(header.data(), parts[0].first);
+      write_all(source.data() + (alternate ? 2 * i * kPageSize : i * kRegion), parts[1].first);
     }
     total += stream_bytes(alternate);
     drain.wait_for(total);

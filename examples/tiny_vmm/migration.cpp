@@ -87,82 +87,133 @@ class Xxh3 {
   XXH3_state_t* state_;
 };
 
-// The sending end: framing bytes are hashed, page payloads go from guest memory to the
-// socket through write_volatile_vectored (writev on the guest's pages).
+// The sending end. Framing bytes are hashed as they are produced; page records are gathered:
+// record headers (host memory) and the guest pages they describe go out together in one
+// writev per batch of records, so a round of scattered pages costs one system call per
+// batch, not two per page, and no page is copied in user space.
 class StreamOut {
  public:
-  StreamOut(int fd, std::uint64_t cut_after) : fd_(fd), cut_after_(cut_after) {}
+  using Slice = guestmem::VolatileSlice<>;
+  // Records gathered into one writev at most (the iovecs stay below IOV_MAX: a run of pages
+  // inside one region is one iovec, and a run never spans regions).
+  static constexpr std::size_t kBatch = 256;
+
+  StreamOut(int fd, std::uint64_t cut_after) : fd_(fd), cut_after_(cut_after) {
+    headers_.reserve(kBatch);
+    iov_.reserve(2 * kBatch);
+  }
 
   Status<void> frame(std::span<const std::byte> bytes) {
+    if (auto f = flush(); !f) {
+      return f;
+    }
     hash_.update(bytes);
-    while (!bytes.empty()) {
-      const std::size_t room = limit(bytes.size());
-      if (room == 0) {
-        return std::unexpected(cut_error());
+    std::vector<std::byte> copy(bytes.begin(), bytes.end());
+    const std::vector<Slice> one{Slice::from_bytes(copy)};
+    return write_all(one);
+  }
+
+  // Adds a Pages record for the `len` bytes of guest memory at `addr` to the batch.
+  Status<void> add_pages(const Memory& mem, GuestAddress addr, std::uint64_t len) {
+    if (headers_.size() == kBatch) {
+      if (auto f = flush(); !f) {
+        return f;
       }
-      const ssize_t n = ::send(fd_, bytes.data(), room, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR) {
-          continue;
-        }
-        return std::unexpected(std::string("sending the migration stream: ") +
-                               std::strerror(errno));
+    }
+    headers_.push_back(Record{Le32(static_cast<std::uint32_t>(RecordType::Pages)), Le32(0),
+                              Le64(addr.raw_value()), Le64(len)});
+    hash_.update(bytes_of(headers_.back()));
+    iov_.push_back(Slice::from_bytes(writable_bytes_of(headers_.back())));
+    auto pieces = mem.get_slices(addr, static_cast<std::size_t>(len));
+    while (auto piece = pieces.next()) {
+      if (!*piece) {
+        return std::unexpected(describe("sending pages", piece->error()));
       }
-      sent_ += static_cast<std::uint64_t>(n);
-      bytes = bytes.subspan(static_cast<std::size_t>(n));
+      // SAFETY: the piece is a live view of guest memory that `mem` (kept alive by the
+      // caller's guard) maps; the untracked view covers the same bytes and is used only by
+      // the writev of this batch, before the caller lets go of `mem`.
+      iov_.push_back(Slice::from_raw_parts((*piece)->unsafe_host_ptr(), (*piece)->size()));
     }
     return {};
   }
 
-  // WriteVolatile and WriteVolatileVectored, for write_all_volatile_to on guest memory.
-  guestmem::Result<std::size_t> write_volatile(const guestmem::VolatileSlice<>& src) {
-    return write_volatile_vectored(std::span(&src, 1));
-  }
-  guestmem::Result<std::size_t> write_volatile_vectored(
-      std::span<const guestmem::VolatileSlice<>> srcs) {
-    std::size_t total = 0;
-    for (const auto& s : srcs) {
-      total += s.size();
+  // Sends the gathered records.
+  Status<void> flush() {
+    if (iov_.empty()) {
+      return {};
     }
-    const std::size_t room = limit(total);
-    if (room == 0) {
-      cut_hit_ = true;
-      ::shutdown(fd_, SHUT_RDWR);
-      return std::unexpected(guestmem::Error::io(EPIPE));
-    }
-    guestmem::BorrowedFd socket{fd_};
-    auto n = room == total ? socket.write_volatile_vectored(srcs)
-                           : socket.write_volatile(*srcs.front().subslice(
-                                 0, std::min(room, srcs.front().size())));
-    if (n) {
-      sent_ += *n;
-    }
-    return n;
+#if defined(TINY_VMM_TSAN)
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+#endif
+    auto r = write_all(iov_);
+#if defined(TINY_VMM_TSAN)
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#endif
+    iov_.clear();
+    headers_.clear();
+    return r;
   }
 
   [[nodiscard]] std::uint64_t sent() const noexcept { return sent_; }
   [[nodiscard]] std::uint64_t digest() const { return hash_.digest(); }
-  [[nodiscard]] bool cut_hit() const noexcept { return cut_hit_; }
-  [[nodiscard]] std::string cut_error() {
-    cut_hit_ = true;
-    ::shutdown(fd_, SHUT_RDWR);
-    return "the migration stream was cut after " + std::to_string(sent_) +
-           " bytes (--cut-stream-after)";
-  }
 
  private:
-  std::size_t limit(std::size_t want) const noexcept {
-    if (sent_ >= cut_after_) {
-      return 0;
+  // Writes every byte of `slices` (writev, continuing after short writes), or as many as the
+  // cut hook allows and then fails.
+  Status<void> write_all(std::span<const Slice> slices) {
+    std::vector<Slice> rest(slices.begin(), slices.end());
+    std::size_t first = 0;
+    while (first < rest.size()) {
+      std::uint64_t total = 0;
+      for (std::size_t i = first; i < rest.size(); ++i) {
+        total += rest[i].size();
+      }
+      const std::uint64_t room = sent_ >= cut_after_ ? 0 : cut_after_ - sent_;
+      if (room == 0) {
+        ::shutdown(fd_, SHUT_RDWR);
+        return std::unexpected("the migration stream was cut after " + std::to_string(sent_) +
+                               " bytes (--cut-stream-after)");
+      }
+      std::size_t last = rest.size();
+      Slice saved = rest[last - 1];
+      if (room < total) {
+        // Only the first `room` bytes: end the list inside the slice that holds byte `room`.
+        std::uint64_t upto = 0;
+        for (last = first; upto + rest[last].size() < room; ++last) {
+          upto += rest[last].size();
+        }
+        saved = rest[last];
+        rest[last] = *saved.subslice(0, static_cast<std::size_t>(room - upto));
+        ++last;
+      }
+      guestmem::BorrowedFd socket{fd_};
+      auto n = socket.write_volatile_vectored(std::span(rest).subspan(first, last - first));
+      if (room < total) {
+        rest[last - 1] = saved;
+      }
+      if (!n) {
+        return std::unexpected(describe("sending the migration stream", n.error()));
+      }
+      sent_ += *n;
+      // Drop the slices written in full, trim the one written in part.
+      std::size_t done = *n;
+      while (first < rest.size() && done >= rest[first].size()) {
+        done -= rest[first].size();
+        ++first;
+      }
+      if (done > 0) {
+        rest[first] = *rest[first].offset(done);
+      }
     }
-    return static_cast<std::size_t>(std::min<std::uint64_t>(want, cut_after_ - sent_));
+    return {};
   }
 
   int fd_;
   std::uint64_t cut_after_;
   std::uint64_t sent_ = 0;
-  bool cut_hit_ = false;
   Xxh3 hash_;
+  std::vector<Record> headers_;
+  std::vector<Slice> iov_;
 };
 
 std::uint64_t count_pages(const std::vector<std::vector<std::uint64_t>>& words) {
@@ -181,14 +232,18 @@ Status<std::uint64_t> send_pages(const Memory& mem,
                                  const std::vector<std::vector<std::uint64_t>>& words,
                                  StreamOut& out, double max_mbps) {
   const auto start = Clock::now();
+  const std::uint64_t first_byte = out.sent();
   std::uint64_t pages = 0;
-  std::uint64_t bytes = 0;
   std::size_t r = 0;
   for (const auto& region : mem.regions()) {
     const std::vector<std::uint64_t>& bits = words[r++];
     const std::uint64_t num_pages = region.len() / kPageSize;
     auto dirty = [&](std::uint64_t p) { return ((bits[p / 64] >> (p % 64)) & 1U) != 0; };
     for (std::uint64_t p = 0; p < num_pages;) {
+      if (bits[p / 64] == 0) {
+        p = (p / 64 + 1) * 64;  // a clean word: 64 clean pages
+        continue;
+      }
       if (!dirty(p)) {
         ++p;
         continue;
@@ -197,36 +252,27 @@ Status<std::uint64_t> send_pages(const Memory& mem,
       while (end < num_pages && dirty(end)) {
         ++end;
       }
-      const GuestAddress addr = region.start_addr().unchecked_add(p * kPageSize);
-      const std::uint64_t len = (end - p) * kPageSize;
-      const Record rec{Le32(static_cast<std::uint32_t>(RecordType::Pages)), Le32(0),
-                       Le64(addr.raw_value()), Le64(len)};
-      if (auto f = out.frame(bytes_of(rec)); !f) {
-        return std::unexpected(f.error());
-      }
-#if defined(TINY_VMM_TSAN)
-      AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
-#endif
-      auto sent = mem.write_all_volatile_to(addr, out, len);
-#if defined(TINY_VMM_TSAN)
-      AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
-#endif
-      if (!sent) {
-        if (out.cut_hit()) {
-          return std::unexpected(out.cut_error());
-        }
-        return std::unexpected(describe("sending pages", sent.error()));
+      if (auto a = out.add_pages(mem, region.start_addr().unchecked_add(p * kPageSize),
+                                 (end - p) * kPageSize);
+          !a) {
+        return std::unexpected(a.error());
       }
       pages += end - p;
-      bytes += len;
-      if (max_mbps > 0) {
-        // Pace: sleep until the bytes so far took as long as max_mbps allows.
-        const auto due = start + std::chrono::duration_cast<Clock::duration>(
-                                     std::chrono::duration<double>(double(bytes) / (max_mbps * 1e6)));
-        std::this_thread::sleep_until(due);
-      }
       p = end;
+      if (max_mbps > 0) {
+        // Pace: send what is gathered, then sleep until the bytes so far took as long as
+        // max_mbps allows.
+        if (auto f = out.flush(); !f) {
+          return std::unexpected(f.error());
+        }
+        const double secs = double(out.sent() - first_byte) / (max_mbps * 1e6);
+        std::this_thread::sleep_until(
+            start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(secs)));
+      }
     }
+  }
+  if (auto f = out.flush(); !f) {
+    return std::unexpected(f.error());
   }
   return pages;
 }
