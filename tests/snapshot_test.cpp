@@ -158,35 +158,29 @@ TEST(Snapshot, LazyMemoryOutlivesTheCallersDescriptor) {
 }
 
 TEST(Snapshot, ZeroPagesAreHoles) {
-  // 64 MiB; 40 scattered pages, one 1 MiB run, and a page written and then cleared (present
-  // in memory, but zero: it must not be stored).
-  auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 64 << 20}});
+  // 16 MiB; 40 scattered pages in the first 8 MiB, a 1 MiB run at 10 MiB, and a page written
+  // and then cleared at 12 MiB (present in memory, but zero: it must not be stored).
+  auto mem = GuestMemoryMmap<>::from_ranges({{GuestAddress{0}, 16 << 20}});
   ASSERT_TRUE(mem.has_value());
   for (std::uint64_t i = 0; i < 40; ++i) {
-    write_page(*mem, (i * 389 + 7) % 16384 * kPage, static_cast<std::uint8_t>(i + 1));
+    write_page(*mem, (i * 47 + 7) * kPage, static_cast<std::uint8_t>(i + 1));
   }
   for (std::uint64_t i = 0; i < 256; ++i) {
-    write_page(*mem, (40 << 20) + i * kPage, static_cast<std::uint8_t>(i + 3));
+    write_page(*mem, (10 << 20) + i * kPage, static_cast<std::uint8_t>(i + 3));
   }
-  write_page(*mem, 50 << 20, 9);
-  ASSERT_TRUE(mem->write_slice(std::vector<std::byte>(kPage), GuestAddress{50 << 20}).has_value());
-  std::uint64_t distinct = 0;
-  for (std::uint64_t p = 0; p < 16384; ++p) {
-    distinct += (mem->read_obj<std::uint8_t>(GuestAddress{p * kPage}).value() != 0 ||
-                 mem->read_obj<std::uint8_t>(GuestAddress{p * kPage + 1}).value() != 0)
-                    ? 1U
-                    : 0U;
-  }
+  write_page(*mem, 12 << 20, 9);
+  ASSERT_TRUE(mem->write_slice(std::vector<std::byte>(kPage), GuestAddress{12 << 20}).has_value());
+  const std::uint64_t distinct = 40 + 256;
   const std::uint64_t nonzero = distinct * kPage;
-  ASSERT_EQ(distinct, 40u + 256u);
 
   UniqueFd file = temp_file();
   ASSERT_TRUE(save_snapshot(*mem, BorrowedFd{file}).has_value());
   auto info = read_snapshot_info(BorrowedFd{file});
   ASSERT_TRUE(info.has_value());
   EXPECT_EQ(info->regions[0].pages_present, distinct);
-  // The file is 64 MiB long, but only the data pages and the header take blocks: one page of
-  // header (the bitmap of 16384 pages and 64 checksums fit in it) plus the data.
+  // The file is 16 MiB long, but only the data pages and the header take blocks: one page of
+  // header (the bitmap of 4096 pages and 16 checksums fit in it), the data, and a few blocks
+  // of the file system's extent tree.
   EXPECT_EQ(static_cast<std::uint64_t>(stat_of(file).st_size), info->file_size);
   EXPECT_GE(allocated(file), nonzero);
   EXPECT_LE(allocated(file), nonzero + 16 * kPage);
