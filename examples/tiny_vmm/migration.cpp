@@ -514,10 +514,18 @@ Status<std::pair<std::unique_ptr<Machine>, IncomingReport>> migrate_in(int fd,
     }
     ranges.emplace_back(GuestAddress{base}, static_cast<std::size_t>(size));
   }
-  auto mem = Memory::from_ranges(std::span<const std::pair<GuestAddress, std::size_t>>(ranges));
-  if (!mem) {
-    return std::unexpected(describe("the migration stream's memory layout", mem.error()));
+  auto fresh = Memory::from_ranges(std::span<const std::pair<GuestAddress, std::size_t>>(ranges));
+  if (!fresh) {
+    return std::unexpected(describe("the migration stream's memory layout", fresh.error()));
   }
+  // The machine (with a KVM VM and vCPU) is built now, while pages arrive, so that its cost
+  // is not part of the downtime; it is handed out only once the end record verified.
+  auto machine = Machine::with_memory(config, std::move(*fresh));
+  if (!machine) {
+    return std::unexpected(machine.error());
+  }
+  auto guard = (*machine)->space().memory();
+  const Memory* mem = guard.get();
 
   std::optional<std::vector<std::byte>> state;
   for (;;) {
@@ -574,10 +582,6 @@ Status<std::pair<std::unique_ptr<Machine>, IncomingReport>> migrate_in(int fd,
         // The pages arrived through guestmem and were marked dirty: start clean.
         for (const auto& region : mem->regions()) {
           region.bitmap().reset();
-        }
-        auto machine = Machine::with_memory(config, std::move(*mem));
-        if (!machine) {
-          return std::unexpected(machine.error());
         }
         if (auto r = (*machine)->load_state(*state); !r) {
           return std::unexpected(r.error());

@@ -24,6 +24,7 @@ namespace tiny_vmm {
 namespace {
 
 namespace fs = std::filesystem;
+using guestmem::GuestAddress;
 
 constexpr const char* kTranscript =
     "guest: swapping the case of 8 blocks\n"
@@ -113,6 +114,52 @@ TEST_F(TinyVmm, ThreadGuestSwapsTheCaseOfEveryBlock) {
   auto word = guard->read_obj<std::uint32_t>(block_buffer(1));
   ASSERT_TRUE(word);
   EXPECT_EQ(block_buffer(1).raw_value(), 0x201000U);
+}
+
+// Posts one request on the ring of a machine whose guest never runs and rings the doorbell.
+std::uint32_t post(Machine& vm, std::uint16_t idx, const Request& req) {
+  auto guard = vm.space().memory();
+  const std::uint32_t slot = idx % kRingSize;
+  const auto at = kRequestTable.unchecked_add(std::uint64_t{slot} * sizeof(Request));
+  EXPECT_TRUE(guard->write_obj(req, at));
+  EXPECT_TRUE(guard->write_obj(guestmem::Le16(static_cast<std::uint16_t>(slot)),
+                               kAvailRing.unchecked_add(2U * slot)));
+  EXPECT_TRUE(guard->store<std::uint16_t>(static_cast<std::uint16_t>(idx + 1), kAvailIdx,
+                                          std::memory_order_release));
+  EXPECT_TRUE(vm.device().notify());
+  EXPECT_EQ(*guard->load<std::uint16_t>(kUsedIdx, std::memory_order_acquire), idx + 1);
+  return guard->read_obj<guestmem::Le32>(at.unchecked_add(TVM_REQ_STATUS))->to_native();
+}
+
+TEST_F(TinyVmm, DeviceFailsRequestsWithHostileFieldsAndKeepsServing) {
+  auto vm = Machine::boot(config(GuestKind::Thread, "hostile"));
+  ASSERT_TRUE(vm) << vm.error();
+  using guestmem::Le32;
+  using guestmem::Le64;
+  auto req = [](std::uint32_t op, std::uint32_t len, std::uint64_t off, std::uint64_t addr) {
+    return Request{Le32(op), Le32(len), Le64(off), Le64(addr), Le32(TVM_STATUS_PENDING), Le32(0)};
+  };
+  // A buffer in the hole, one running from region 0 into the hole, one past the end of
+  // memory, an unknown op, a length over the limit, an offset past the input's end.
+  EXPECT_EQ(post(**vm, 0, req(TVM_OP_READ, 4096, 0, 0x180000)), TVM_STATUS_IOERR);
+  EXPECT_EQ(post(**vm, 1, req(TVM_OP_READ, 8192, 0, 0xff000)), TVM_STATUS_IOERR);
+  EXPECT_EQ(post(**vm, 2, req(TVM_OP_WRITE, 4096, 0, ~std::uint64_t{0} - 100)), TVM_STATUS_IOERR);
+  EXPECT_EQ(post(**vm, 3, req(7, 4096, 0, 0x20000)), TVM_STATUS_BADREQ);
+  EXPECT_EQ(post(**vm, 4, req(TVM_OP_READ, 0x7fffffff, 0, 0x20000)), TVM_STATUS_BADREQ);
+  EXPECT_EQ(post(**vm, 5, req(TVM_OP_READ, 4096, 1 << 20, 0x20000)), TVM_STATUS_IOERR);
+  // The read that crossed into the hole moved the 4096 bytes up to it and reported them.
+  auto guard = (*vm)->space().memory();
+  auto used1 = guard->read_obj<UsedElem>(kUsedRing.unchecked_add(8));
+  ASSERT_TRUE(used1);
+  EXPECT_EQ(used1->id.to_native(), 1U);
+  EXPECT_EQ(used1->len.to_native(), 4096U);
+  // A good request after them is served.
+  EXPECT_EQ(post(**vm, 6, req(TVM_OP_READ, 4096, 4096, 0x201000)), TVM_STATUS_OK);
+  std::vector<std::byte> got(4096);
+  ASSERT_TRUE(guard->read_slice(std::span(got), GuestAddress{0x201000}));
+  const auto input = *read_file(input_);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), input.begin() + 4096));
+  EXPECT_EQ((*vm)->device().completed(), 7U);
 }
 
 // Migrates `vm` (running or not) to a new machine in this process over a socketpair.
