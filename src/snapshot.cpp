@@ -44,7 +44,7 @@ constexpr std::uint64_t kMaxMetadataSize = std::uint64_t{1} << 32;
 // The most one pwrite or pread moves (Linux moves at most 0x7ffff000 bytes a call).
 constexpr std::size_t kMaxIo = std::size_t{1} << 30;
 // How many pages ahead a save prefetches the next page to read.
-constexpr std::size_t kPrefetchAhead = 4;
+constexpr std::size_t kPrefetchAhead = 8;
 
 // The fixed part of the header, at file offset 0.
 struct FileHeader {
@@ -536,7 +536,6 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
   }
   std::vector<std::uint64_t> candidates;
   std::vector<std::uint64_t> listed;
-  listed.reserve(pages_per_chunk);
   Hasher hasher;
   RunWriter writer(fd);
   for (std::size_t i = 0; i < regions.size(); ++i) {
@@ -552,46 +551,51 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
       hints->mark(r, e.pages, page_size, candidates.data());
       pages_to_read = candidates.data();
     }
+    // The region's pages to read, listed first so that the loop below can prefetch a few
+    // pages ahead, across chunk boundaries: the first touch of a scattered page waits for
+    // memory, and that wait, not the check or the hash, dominates a save of sparse memory.
+    listed.clear();
+    (void)for_each_run(pages_to_read, 0, e.pages, [&](std::uint64_t s, std::uint64_t t) -> Result<void> {
+      for (std::uint64_t p = s; p < t; ++p) {
+        listed.push_back(p);
+      }
+      return {};
+    });
     std::uint64_t count = 0;
-    for (std::uint64_t c = 0; c < e.chunks; ++c) {
-      const std::uint64_t p0 = c * pages_per_chunk;
-      const std::uint64_t p1 = std::min(p0 + pages_per_chunk, e.pages);
-      hasher.reset();
-      // The chunk's pages to read, listed first so that the loop below can prefetch a few
-      // pages ahead: the first touch of a scattered page waits for memory, and that wait,
-      // not the check or the hash, dominates a save of sparse memory.
-      listed.clear();
-      (void)for_each_run(pages_to_read, p0, p1, [&](std::uint64_t s, std::uint64_t t) -> Result<void> {
-        for (std::uint64_t p = s; p < t; ++p) {
-          listed.push_back(p);
-        }
-        return {};
-      });
-      for (std::size_t k = 0; k < listed.size(); ++k) {
-        if (k + kPrefetchAhead < listed.size()) {
-          // SAFETY: a prefetch never faults; the address lies inside the region anyway.
-          __builtin_prefetch(r.host + listed[k + kPrefetchAhead] * page_size);
-        }
-        const std::uint64_t p = listed[k];
-        const std::uint64_t off = p * page_size;
-        const auto len = static_cast<std::size_t>(std::min(page_size, r.size - off));
-        // SAFETY: off < r.size and off + len <= r.size: the page lies inside the live region.
-        const std::uint8_t* host = r.host + off;
-        const bool zero = all_zero(host, len);
-        if (zero && !diff) {
-          continue;
-        }
-        set_bit(present, p);
-        ++count;
-        hasher.update(host, len);
-        if (!zero) {
-          if (auto w = writer.add(host, len, e.file_offset + off); !w) {
-            return std::unexpected(w.error());
-          }
+    std::uint64_t chunk = 0;
+    hasher.reset();
+    // Closes the chunks before chunk `end` (those without pages hash nothing).
+    auto close_chunks = [&](std::uint64_t end) {
+      for (; chunk < end; ++chunk) {
+        sums[chunk] = hasher.digest();
+        hasher.reset();
+      }
+    };
+    for (std::size_t k = 0; k < listed.size(); ++k) {
+      if (k + kPrefetchAhead < listed.size()) {
+        // SAFETY: a prefetch never faults; the address lies inside the region anyway.
+        __builtin_prefetch(r.host + listed[k + kPrefetchAhead] * page_size);
+      }
+      const std::uint64_t p = listed[k];
+      close_chunks(p / pages_per_chunk);
+      const std::uint64_t off = p * page_size;
+      const auto len = static_cast<std::size_t>(std::min(page_size, r.size - off));
+      // SAFETY: off < r.size and off + len <= r.size: the page lies inside the live region.
+      const std::uint8_t* host = r.host + off;
+      const bool zero = all_zero(host, len);
+      if (zero && !diff) {
+        continue;
+      }
+      set_bit(present, p);
+      ++count;
+      hasher.update(host, len);
+      if (!zero) {
+        if (auto w = writer.add(host, len, e.file_offset + off); !w) {
+          return std::unexpected(w.error());
         }
       }
-      sums[c] = hasher.digest();
     }
+    close_chunks(e.chunks);
     e.pages_present = count;
     set_entry(layout, i, e);
   }
