@@ -31,6 +31,16 @@ std::string Console::transcript() const {
   return transcript_;
 }
 
+std::string Console::pending() const {
+  std::lock_guard lock(mutex_);
+  return line_;
+}
+
+void Console::set_pending(std::string line) {
+  std::lock_guard lock(mutex_);
+  line_ = std::move(line);
+}
+
 Status<void> BlockDevice::notify() {
   auto guard = space_.memory();
   const Memory& mem = *guard;

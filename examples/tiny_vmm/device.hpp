@@ -40,6 +40,10 @@ class Console {
   void write(std::string_view bytes);
   /// Every complete line written so far, without prefixes.
   [[nodiscard]] std::string transcript() const;
+  /// The line begun and not yet ended: console state that a migration or snapshot carries,
+  /// so that a line the guest was printing at the stop comes out whole on the other side.
+  [[nodiscard]] std::string pending() const;
+  void set_pending(std::string line);
 
  private:
   std::string prefix_;

@@ -87,6 +87,9 @@ class KvmCpu final : public GuestCpu {
       // A stop is honoured with one more KVM_RUN with immediate_exit set: KVM completes the
       // port I/O of the last exit (so the registers are final) and returns EINTR at once.
       const bool stopping = stop_.load(std::memory_order_acquire);
+      // SAFETY: run_ is the vCPU's kvm_run mapping (run_size_ bytes, at least sizeof(kvm_run)),
+      // mapped until this object is destroyed; KVM writes it only during KVM_RUN, on this
+      // thread, so between runs this thread is its only user.
       run_->immediate_exit = stopping ? 1 : 0;
       if (::ioctl(vcpu_.get(), KVM_RUN, 0) < 0) {
         if (errno != EINTR && errno != EAGAIN) {
@@ -99,6 +102,7 @@ class KvmCpu final : public GuestCpu {
         }
         continue;
       }
+      // SAFETY: as above; KVM_RUN has returned, so the exit fields are final.
       switch (run_->exit_reason) {
         case KVM_EXIT_IO:
           if (auto r = port_io(); !r) {
@@ -111,6 +115,7 @@ class KvmCpu final : public GuestCpu {
           // The hole and the space above memory: reads see all ones (no device answers),
           // writes are dropped, as on a PC bus.
           if (run_->mmio.is_write == 0) {
+            // SAFETY: mmio.data is an 8-byte array inside kvm_run.
             std::memset(run_->mmio.data, 0xff, sizeof run_->mmio.data);
           }
           ++mmio_exits_;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -10,11 +11,14 @@ namespace tiny_vmm {
 
 namespace {
 
-// The state blob: which processor, its registers, then the device.
+// The state blob: this header, the processor's registers, the block device's state, then
+// the console's unfinished line.
 struct StateHeader {
   guestmem::Le32 kind;
   guestmem::Le32 cpu_bytes;
+  guestmem::Le32 console_bytes;
 };
+constexpr std::size_t kMaxConsoleLine = 4096;
 static_assert(guestmem::ByteValued<StateHeader>);
 
 }  // namespace
@@ -126,13 +130,21 @@ Status<std::vector<std::byte>> Machine::save_state() const {
   if (!cpu) {
     return std::unexpected(cpu.error());
   }
+  std::string line = console_.pending();
+  line.resize(std::min(line.size(), kMaxConsoleLine));
   const StateHeader header{guestmem::Le32(static_cast<std::uint32_t>(cpu_->kind())),
-                           guestmem::Le32(static_cast<std::uint32_t>(cpu->size()))};
+                           guestmem::Le32(static_cast<std::uint32_t>(cpu->size())),
+                           guestmem::Le32(static_cast<std::uint32_t>(line.size()))};
   const DeviceState device = device_->state();
-  std::vector<std::byte> out(sizeof header + cpu->size() + sizeof device);
-  std::memcpy(out.data(), &header, sizeof header);
-  std::memcpy(out.data() + sizeof header, cpu->data(), cpu->size());
-  std::memcpy(out.data() + sizeof header + cpu->size(), &device, sizeof device);
+  std::vector<std::byte> out(sizeof header + cpu->size() + sizeof device + line.size());
+  std::byte* at = out.data();
+  std::memcpy(at, &header, sizeof header);
+  at += sizeof header;
+  std::memcpy(at, cpu->data(), cpu->size());
+  at += cpu->size();
+  std::memcpy(at, &device, sizeof device);
+  at += sizeof device;
+  std::memcpy(at, line.data(), line.size());
   return out;
 }
 
@@ -148,7 +160,9 @@ Status<void> Machine::load_state(std::span<const std::byte> state) {
     return std::unexpected(std::string("machine state is of another kind of processor"));
   }
   const std::size_t cpu_bytes = header.cpu_bytes.to_native();
-  if (state.size() != sizeof header + cpu_bytes + sizeof device) {
+  const std::size_t console_bytes = header.console_bytes.to_native();
+  if (cpu_bytes > state.size() || console_bytes > kMaxConsoleLine ||
+      state.size() != sizeof header + cpu_bytes + sizeof device + console_bytes) {
     return std::unexpected(std::string("machine state has the wrong size"));
   }
   if (auto r = cpu_->load_state(state.subspan(sizeof header, cpu_bytes)); !r) {
@@ -156,6 +170,9 @@ Status<void> Machine::load_state(std::span<const std::byte> state) {
   }
   std::memcpy(&device, state.data() + sizeof header + cpu_bytes, sizeof device);
   device_->load_state(device);
+  const auto* line = reinterpret_cast<const char*>(state.data() + sizeof header + cpu_bytes +
+                                                   sizeof device);
+  console_.set_pending(std::string(line, console_bytes));
   return {};
 }
 

@@ -65,6 +65,7 @@ class Machine {
   [[nodiscard]] const MemorySpace& space() const noexcept { return space_; }
   [[nodiscard]] BlockDevice& device() noexcept { return *device_; }
   [[nodiscard]] const Console& console() const noexcept { return console_; }
+  [[nodiscard]] Console& console() noexcept { return console_; }
   [[nodiscard]] GuestKind kind() const noexcept { return cpu_->kind(); }
 
  private:
