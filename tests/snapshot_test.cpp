@@ -461,6 +461,56 @@ TEST(Snapshot, CorruptDiffLeavesTheMemoryUnchanged) {
   EXPECT_TRUE(contents(*target) == before);
 }
 
+TEST(Snapshot, DiffWithLargerBitmapPagesHoldsEveryPageTheyCover) {
+  // A bitmap of 16 KiB pages: one dirty bit covers four snapshot pages, all of them in the
+  // diff.
+  constexpr std::size_t kSize = 1 << 20;
+  auto mapping = MmapRegionBuilder<AtomicBitmap>(kSize).with_bitmap(AtomicBitmap(kSize, 16384)).build();
+  ASSERT_TRUE(mapping.has_value());
+  auto region = GuestRegionMmap<AtomicBitmap>::create(std::move(*mapping), GuestAddress{0});
+  ASSERT_TRUE(region.has_value());
+  std::vector<GuestRegionMmap<AtomicBitmap>> regions;
+  regions.push_back(std::move(*region));
+  auto mem = GuestMemoryMmap<AtomicBitmap>::from_regions(std::move(regions));
+  ASSERT_TRUE(mem.has_value());
+  UniqueFd base_file = temp_file();
+  auto base = save_snapshot(*mem, BorrowedFd{base_file});
+  ASSERT_TRUE(base.has_value());
+  ASSERT_TRUE(mem->write_obj(std::uint8_t{1}, GuestAddress{0x5000}).has_value());  // pages 4-7
+  UniqueFd diff_file = temp_file();
+  ASSERT_TRUE(save_snapshot_diff(*mem, *base, BorrowedFd{diff_file}).has_value());
+  auto info = read_snapshot_info(BorrowedFd{diff_file});
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->regions[0].pages_present, 4u);
+  auto copy = restore_snapshot(BorrowedFd{base_file}, RestoreMode::Eager);
+  ASSERT_TRUE(copy.has_value());
+  ASSERT_TRUE(apply_snapshot_diff(*copy, BorrowedFd{diff_file}, *base).has_value());
+  EXPECT_TRUE(contents(*copy) == contents(*mem));
+}
+
+TEST(Snapshot, DiffIntoReadOnlyMemoryIsRefused) {
+  auto mem = GuestMemoryMmap<AtomicBitmap>::from_ranges({{GuestAddress{0}, 0x10000}});
+  ASSERT_TRUE(mem.has_value());
+  UniqueFd base_file = temp_file();
+  auto base = save_snapshot(*mem, BorrowedFd{base_file});
+  ASSERT_TRUE(base.has_value());
+  write_page(*mem, 0x3000, 1);
+  UniqueFd diff_file = temp_file();
+  ASSERT_TRUE(save_snapshot_diff(*mem, *base, BorrowedFd{diff_file}).has_value());
+
+  auto mapping = MmapRegionBuilder<>(0x10000).with_protection(Protection::read()).build();
+  ASSERT_TRUE(mapping.has_value());
+  auto region = GuestRegionMmap<>::create(std::move(*mapping), GuestAddress{0});
+  ASSERT_TRUE(region.has_value());
+  std::vector<GuestRegionMmap<>> regions;
+  regions.push_back(std::move(*region));
+  auto read_only = GuestMemoryMmap<>::from_regions(std::move(regions));
+  ASSERT_TRUE(read_only.has_value());
+  auto applied = apply_snapshot_diff(*read_only, BorrowedFd{diff_file}, *base);
+  ASSERT_FALSE(applied.has_value());
+  EXPECT_EQ(applied.error(), Error::protection_violation(0, 0x10000, Permissions::Write));
+}
+
 TEST(Snapshot, LargeSparseLazyRestore) {
   // 4 GiB of guest memory, 64 scattered pages and one 2 MiB run written.
   constexpr std::uint64_t kSize = std::uint64_t{4} << 30;
