@@ -45,6 +45,8 @@ constexpr std::uint64_t kMaxMetadataSize = std::uint64_t{1} << 32;
 constexpr std::size_t kMaxIo = std::size_t{1} << 30;
 // How many pages ahead a save prefetches the next page to read.
 constexpr std::size_t kPrefetchAhead = 8;
+// How many pages a save lists at a time (64 MiB of 4 KiB pages; the list is at most 128 KiB).
+constexpr std::uint64_t kListWindow = 16384;
 
 // The fixed part of the header, at file offset 0.
 struct FileHeader {
@@ -551,16 +553,10 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
       hints->mark(r, e.pages, page_size, candidates.data());
       pages_to_read = candidates.data();
     }
-    // The region's pages to read, listed first so that the loop below can prefetch a few
-    // pages ahead, across chunk boundaries: the first touch of a scattered page waits for
-    // memory, and that wait, not the check or the hash, dominates a save of sparse memory.
-    listed.clear();
-    (void)for_each_run(pages_to_read, 0, e.pages, [&](std::uint64_t s, std::uint64_t t) -> Result<void> {
-      for (std::uint64_t p = s; p < t; ++p) {
-        listed.push_back(p);
-      }
-      return {};
-    });
+    // The region's pages to read, listed a window at a time so that the loop below can
+    // prefetch a few pages ahead, across chunk boundaries: the first touch of a scattered
+    // page waits for memory, and that wait, not the check or the hash, dominates a save of
+    // sparse memory.
     std::uint64_t count = 0;
     std::uint64_t chunk = 0;
     hasher.reset();
@@ -571,27 +567,37 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
         hasher.reset();
       }
     };
-    for (std::size_t k = 0; k < listed.size(); ++k) {
-      if (k + kPrefetchAhead < listed.size()) {
-        // SAFETY: a prefetch never faults; the address lies inside the region anyway.
-        __builtin_prefetch(r.host + listed[k + kPrefetchAhead] * page_size);
-      }
-      const std::uint64_t p = listed[k];
-      close_chunks(p / pages_per_chunk);
-      const std::uint64_t off = p * page_size;
-      const auto len = static_cast<std::size_t>(std::min(page_size, r.size - off));
-      // SAFETY: off < r.size and off + len <= r.size: the page lies inside the live region.
-      const std::uint8_t* host = r.host + off;
-      const bool zero = all_zero(host, len);
-      if (zero && !diff) {
-        continue;
-      }
-      set_bit(present, p);
-      ++count;
-      hasher.update(host, len);
-      if (!zero) {
-        if (auto w = writer.add(host, len, e.file_offset + off); !w) {
-          return std::unexpected(w.error());
+    for (std::uint64_t w0 = 0; w0 < e.pages; w0 += kListWindow) {
+      listed.clear();
+      (void)for_each_run(pages_to_read, w0, std::min(w0 + kListWindow, e.pages),
+                         [&](std::uint64_t s, std::uint64_t t) -> Result<void> {
+        for (std::uint64_t p = s; p < t; ++p) {
+          listed.push_back(p);
+        }
+        return {};
+      });
+      for (std::size_t k = 0; k < listed.size(); ++k) {
+        if (k + kPrefetchAhead < listed.size()) {
+          // SAFETY: a prefetch never faults; the address lies inside the region anyway.
+          __builtin_prefetch(r.host + listed[k + kPrefetchAhead] * page_size);
+        }
+        const std::uint64_t p = listed[k];
+        close_chunks(p / pages_per_chunk);
+        const std::uint64_t off = p * page_size;
+        const auto len = static_cast<std::size_t>(std::min(page_size, r.size - off));
+        // SAFETY: off < r.size and off + len <= r.size: the page lies inside the live region.
+        const std::uint8_t* host = r.host + off;
+        const bool zero = all_zero(host, len);
+        if (zero && !diff) {
+          continue;
+        }
+        set_bit(present, p);
+        ++count;
+        hasher.update(host, len);
+        if (!zero) {
+          if (auto w = writer.add(host, len, e.file_offset + off); !w) {
+            return std::unexpected(w.error());
+          }
         }
       }
     }

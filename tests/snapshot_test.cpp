@@ -548,6 +548,15 @@ TEST(Snapshot, LargeSparseLazyRestore) {
   EXPECT_TRUE(page == std::vector<std::byte>(kPage));
   // The lazy memory maps the file: nothing was copied into anonymous memory.
   EXPECT_NE(lazy->regions()[0].file_offset(), nullptr);
+
+  // An eager restore checks all 4096 chunk checksums, and reads only the held pages.
+  auto eager = restore_snapshot(BorrowedFd{file}, RestoreMode::Eager);
+  ASSERT_TRUE(eager.has_value()) << eager.error().message();
+  EXPECT_EQ(eager->regions()[0].file_offset(), nullptr);
+  ASSERT_TRUE(eager->read_slice(page, GuestAddress{0x100000000 + pages[63] * kPage}).has_value());
+  EXPECT_TRUE(page == pattern(kPage, 64));
+  ASSERT_TRUE(eager->read_slice(run, GuestAddress{0x100000000 + (3ULL << 30)}).has_value());
+  EXPECT_TRUE(run == pattern(2 << 20, 200));
 }
 
 TEST(Snapshot, NotASnapshot) {
