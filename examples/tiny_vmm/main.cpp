@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -49,8 +50,12 @@ struct Options {
   std::uint64_t cut_after = std::numeric_limits<std::uint64_t>::max();
 };
 
-void say(const char* format, auto... args) {
-  std::printf(format, args...);
+// printf to stdout, flushed at once: the destination process prints to the same terminal.
+[[gnu::format(printf, 1, 2)]] void say(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  std::vprintf(format, args);
+  va_end(args);
   std::fflush(stdout);
 }
 
