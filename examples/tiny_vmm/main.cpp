@@ -349,8 +349,9 @@ int run_source(const Options& o, GuestKind kind) {
   mo.cut_after = o.cut_after;
   auto report = migrate_out(**vm, conn, mo, [](const RoundReport& r) {
     if (r.round == 0) {
-      say("  stop-and-copy: %" PRIu64 " pages sent in %.2f ms (%.0f MB/s), then the state\n",
-          r.pages_sent, r.seconds * 1e3, r.mbps);
+      say("  stop-and-copy: %" PRIu64 " pages and the machine state, %" PRIu64
+          " bytes in %.2f ms\n",
+          r.pages_sent, r.bytes, r.seconds * 1e3);
     } else {
       say("  round %u: %" PRIu64 " pages sent, %" PRIu64 " pages still dirty, %.0f MB/s\n",
           r.round, r.pages_sent, r.pages_dirty, r.mbps);

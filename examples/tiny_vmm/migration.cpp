@@ -340,7 +340,7 @@ Status<MigrationReport> migrate_out(Machine& vm, int fd, const MigrationOptions&
     if (auto r = vm.take_dirty(words); !r) {
       return fail(r.error());
     }
-    RoundReport line{round, *sent, count_pages(words), secs,
+    RoundReport line{round, *sent, count_pages(words), out.sent() - before, secs,
                      secs > 0 ? double(out.sent() - before) / secs / 1e6 : 0};
     report.live_rounds = round;
     if (on_round) {
@@ -388,6 +388,11 @@ Status<MigrationReport> migrate_out(Machine& vm, int fd, const MigrationOptions&
     return std::unexpected(f.error());
   }
   report.memory_hash = memory_hash(mem);
+  const double copy_secs = seconds_since(copy_start);
+  if (on_round) {
+    on_round(RoundReport{0, *sent, 0, out.sent() - copy_before, copy_secs,
+                         copy_secs > 0 ? double(out.sent() - copy_before) / copy_secs / 1e6 : 0});
+  }
   const Record end{Le32(static_cast<std::uint32_t>(RecordType::End)), Le32(0),
                    Le64(out.sent()), Le64(report.memory_hash)};
   if (auto f = out.frame(bytes_of(end)); !f) {
@@ -396,11 +401,6 @@ Status<MigrationReport> migrate_out(Machine& vm, int fd, const MigrationOptions&
   const Le64 digest(out.digest());
   if (auto f = out.frame(bytes_of(digest)); !f) {
     return std::unexpected(f.error());
-  }
-  const double copy_secs = seconds_since(copy_start);
-  if (on_round) {
-    on_round(RoundReport{0, *sent, 0, copy_secs,
-                         copy_secs > 0 ? double(out.sent() - copy_before) / copy_secs / 1e6 : 0});
   }
   report.final_pages = *sent;
   report.bytes = out.sent();

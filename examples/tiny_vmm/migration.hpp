@@ -45,6 +45,7 @@ struct RoundReport {
   std::uint32_t round = 0;   // 0 for the stop-and-copy round
   std::uint64_t pages_sent = 0;
   std::uint64_t pages_dirty = 0;  // dirtied during the round (what the next one sends)
+  std::uint64_t bytes = 0;        // of the stream, record headers and state included
   double seconds = 0;
   double mbps = 0;
 };
