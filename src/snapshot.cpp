@@ -100,6 +100,7 @@ struct RegionView {
   // The file behind the mapping (-1 for anonymous memory) and the offset of the region in it.
   int file_fd = -1;
   std::uint64_t file_start = 0;
+  bool readable = false;
   bool writable = false;
   // The dirty bitmap to report writes to, or null.
   const AtomicBitmap* bitmap = nullptr;
@@ -118,6 +119,7 @@ std::vector<RegionView> views_of(const GuestMemoryMmap<B>& mem) {
       view.file_fd = file->fd();
       view.file_start = file->start();
     }
+    view.readable = region.mapping().permits(Permissions::Read);
     view.writable = region.mapping().permits(Permissions::Write);
     if constexpr (std::same_as<B, AtomicBitmap>) {
       view.bitmap = &region.bitmap();
@@ -514,6 +516,12 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
   // pwrite on an O_APPEND descriptor appends wherever the offset says.
   if ((fl & O_APPEND) != 0) {
     return std::unexpected(Error::io(EINVAL));
+  }
+  // Refused before the file changes: reading such a region would fault.
+  for (const RegionView& r : regions) {
+    if (!r.readable) {
+      return std::unexpected(Error::protection_violation(r.guest_base, r.size, Permissions::Read));
+    }
   }
   auto id = random_id();
   if (!id) {

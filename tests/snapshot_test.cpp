@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -155,6 +156,23 @@ TEST(Snapshot, LazyMemoryOutlivesTheCallersDescriptor) {
     lazy.emplace(std::move(*restored));
   }
   EXPECT_TRUE(contents(*lazy) == expected);
+}
+
+TEST(Snapshot, LazyRestoreFromAReadOnlyDescriptor) {
+  auto mem = two_regions<NoBitmap>();
+  fill(mem);
+  UniqueFd file = temp_file();
+  ASSERT_TRUE(save_snapshot(mem, BorrowedFd{file}).has_value());
+  const std::string path = "/proc/self/fd/" + std::to_string(file.get());
+  UniqueFd read_only{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  ASSERT_TRUE(read_only.valid());
+  auto lazy = restore_snapshot<AtomicBitmap>(BorrowedFd{read_only}, RestoreMode::Lazy);
+  ASSERT_TRUE(lazy.has_value()) << lazy.error().message();
+  EXPECT_TRUE(contents(*lazy) == contents(mem));
+  // Writable, privately, and tracked.
+  write_page(*lazy, 0x100000 + 7 * kPage, 5);
+  EXPECT_TRUE(lazy->regions()[1].bitmap().dirty_at(7 * kPage));
+  EXPECT_FALSE(lazy->regions()[1].bitmap().dirty_at(8 * kPage));
 }
 
 TEST(Snapshot, ZeroPagesAreHoles) {
@@ -579,6 +597,21 @@ TEST(Snapshot, SaveErrors) {
   EXPECT_EQ(refused.error().code(), ErrorCode::IoError);
   EXPECT_EQ(save_snapshot(GuestMemoryMmap<>{}, BorrowedFd{-1}).error(),
             Error(ErrorCode::NoMemoryRegion));
+
+  // A region that cannot be read is refused before the file changes.
+  auto mapping = MmapRegionBuilder<>(0x4000).with_protection(Protection::none()).build();
+  ASSERT_TRUE(mapping.has_value());
+  auto region = GuestRegionMmap<>::create(std::move(*mapping), GuestAddress{0x8000});
+  ASSERT_TRUE(region.has_value());
+  std::vector<GuestRegionMmap<>> regions;
+  regions.push_back(std::move(*region));
+  auto guarded = GuestMemoryMmap<>::from_regions(std::move(regions));
+  ASSERT_TRUE(guarded.has_value());
+  UniqueFd file = temp_file();
+  ASSERT_EQ(::ftruncate(file.get(), 123), 0);
+  EXPECT_EQ(save_snapshot(*guarded, BorrowedFd{file}).error(),
+            Error::protection_violation(0x8000, 0x4000, Permissions::Read));
+  EXPECT_EQ(stat_of(file).st_size, 123);
 }
 
 }  // namespace

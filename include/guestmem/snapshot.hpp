@@ -92,9 +92,11 @@ inline constexpr std::uint64_t kSnapshotChunkSize = std::uint64_t{1} << 20;
 /// id. The data is written with pwrite, not synced: call fsync when it must survive a crash.
 /// For tracked memory (AtomicBitmap) each region's dirty bits are cleared before its pages
 /// are read, so that a later save_snapshot_diff holds every page written since.
-/// Errors: IoError(errno) from ftruncate, pwrite or reading /proc/self/pagemap (a failed
-/// save leaves `out` holding an incomplete file that every reader refuses, as its header is
-/// written last).
+/// Errors: NoMemoryRegion (an empty memory); ProtectionViolation (a region that cannot be
+/// read; `out` is untouched then); IoError(errno) from fcntl, ftruncate or pwrite (EINVAL for
+/// an O_APPEND descriptor). A save that fails after it began writing leaves `out` holding an
+/// incomplete file that every reader refuses, as its header is written last. Pages the
+/// kernel cannot describe (no /proc/self/pagemap, no SEEK_DATA) are all read, not an error.
 /// Concurrency: nothing may write the memory during the call (pause the vCPUs and devices);
 /// a page written meanwhile may make the file fail its checksums.
 template <Bitmap B>
