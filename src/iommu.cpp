@@ -82,7 +82,9 @@ Result<bool> Iotlb::set_mapping(GuestAddress iova, GuestAddress target, GuestUsi
   if (!target.checked_add(length)) {
     return std::unexpected(Error::guest_address_overflow(target.raw_value(), length));
   }
-  const bool replaced = remove(iova.raw_value(), iova.raw_value() + length);
+  // An existing entry changes when the range replaces part of it, or when it merges with the
+  // range and so reaches further (a cached copy of it would end or start too early).
+  bool changed = remove(iova.raw_value(), iova.raw_value() + length);
   auto at = std::partition_point(entries_.begin(), entries_.end(), [iova](const IotlbEntry& e) {
     return e.iova < iova;
   });
@@ -90,14 +92,16 @@ Result<bool> Iotlb::set_mapping(GuestAddress iova, GuestAddress target, GuestUsi
   if (auto next = at + 1; next != entries_.end() && continues(*at, *next)) {
     at->length += next->length;
     entries_.erase(next);
+    changed = true;
   }
   if (at != entries_.begin()) {
     if (auto prev = at - 1; continues(*prev, *at)) {
       prev->length += at->length;
       entries_.erase(at);
+      changed = true;
     }
   }
-  return replaced;
+  return changed;
 }
 
 bool Iotlb::invalidate_mapping(GuestAddress iova, GuestUsize length) {
@@ -163,11 +167,11 @@ void Iommu::advance_generation() noexcept {
 Result<void> Iommu::set_mapping(GuestAddress iova, GuestAddress target, GuestUsize length,
                                 Permissions permissions) {
   std::unique_lock lock(mutex_);
-  auto replaced = iotlb_.set_mapping(iova, target, length, permissions);
-  if (!replaced) {
-    return std::unexpected(replaced.error());
+  auto changed = iotlb_.set_mapping(iova, target, length, permissions);
+  if (!changed) {
+    return std::unexpected(changed.error());
   }
-  if (*replaced) {
+  if (*changed) {
     advance_generation();
   }
   return {};

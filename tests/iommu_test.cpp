@@ -7,6 +7,8 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -109,8 +111,9 @@ void expect_fail(const Iotlb& iotlb, std::uint64_t iova, std::uint64_t length, P
 TEST(Iotlb, MergesAdjacentEntriesThatContinueEachOther) {
   Iotlb iotlb;
   ASSERT_EQ(iotlb.set_mapping(ga(42), ga(87), 123, Permissions::ReadWrite), Result<bool>(false));
+  // The entry grows: a change that a cache of translations must hear of.
   ASSERT_EQ(iotlb.set_mapping(ga(42 + 123), ga(87 + 123), 234, Permissions::ReadWrite),
-            Result<bool>(false));
+            Result<bool>(true));
   ASSERT_EQ(iotlb.size(), 1u);
   EXPECT_EQ(iotlb.entries()[0], (IotlbEntry{ga(42), ga(87), 357, Permissions::ReadWrite}));
   expect_hit(iotlb, 42, 357, Permissions::ReadWrite, {{ga(87), 357}});
@@ -119,10 +122,10 @@ TEST(Iotlb, MergesAdjacentEntriesThatContinueEachOther) {
 
 TEST(Iotlb, MergesWithBothNeighboursWhenFillingAHole) {
   Iotlb iotlb;
-  ASSERT_TRUE(iotlb.set_mapping(ga(0x1000), ga(0x9000), 0x1000, Permissions::Read).has_value());
-  ASSERT_TRUE(iotlb.set_mapping(ga(0x3000), ga(0xb000), 0x1000, Permissions::Read).has_value());
+  ASSERT_EQ(iotlb.set_mapping(ga(0x1000), ga(0x9000), 0x1000, Permissions::Read), Result<bool>(false));
+  ASSERT_EQ(iotlb.set_mapping(ga(0x3000), ga(0xb000), 0x1000, Permissions::Read), Result<bool>(false));
   ASSERT_EQ(iotlb.size(), 2u);
-  ASSERT_TRUE(iotlb.set_mapping(ga(0x2000), ga(0xa000), 0x1000, Permissions::Read).has_value());
+  ASSERT_EQ(iotlb.set_mapping(ga(0x2000), ga(0xa000), 0x1000, Permissions::Read), Result<bool>(true));
   ASSERT_EQ(iotlb.size(), 1u);
   EXPECT_EQ(iotlb.entries()[0], (IotlbEntry{ga(0x1000), ga(0x9000), 0x3000, Permissions::Read}));
 }
@@ -328,27 +331,48 @@ TEST(Iommu, TranslateEntryGivesTheWholeEntryAndItsGeneration) {
             permission_denied(0x4000, 1));
 }
 
-TEST(Iommu, GenerationAdvancesOnlyWhenATranslationIsRemovedOrChanged) {
+TEST(Iommu, GenerationAdvancesOnlyWhenAnExistingEntryChanges) {
   Iommu iommu;
   const std::uint64_t g0 = iommu.generation();
+  // Entries of their own: next to others, but not continuing them (other target, same
+  // target, other permissions).
   ASSERT_TRUE(iommu.set_mapping(ga(0x1000), ga(0x8000), 0x1000, Permissions::Read).has_value());
-  ASSERT_TRUE(iommu.set_mapping(ga(0x2000), ga(0x9000), 0x1000, Permissions::Read).has_value());
+  ASSERT_TRUE(iommu.set_mapping(ga(0x2000), ga(0x7000), 0x1000, Permissions::Read).has_value());
+  ASSERT_TRUE(iommu.set_mapping(ga(0x3000), ga(0x7000), 0x1000, Permissions::Read).has_value());
+  ASSERT_TRUE(iommu.set_mapping(ga(0x4000), ga(0x8000), 0x1000, Permissions::Write).has_value());
   EXPECT_EQ(iommu.generation(), g0);
+  EXPECT_EQ(iommu.iotlb_snapshot().size(), 4u);
   iommu.invalidate_mapping(ga(0x5000), 0x1000);
   iommu.invalidate_all();
   EXPECT_EQ(iommu.generation(), g0 + 1);
   iommu.invalidate_all();
   EXPECT_EQ(iommu.generation(), g0 + 1);
+
+  // An entry that grows forward, then backward, then merges with another through the range
+  // between them: each time a cached copy of it would be too short.
   ASSERT_TRUE(iommu.set_mapping(ga(0x1000), ga(0x8000), 0x1000, Permissions::Read).has_value());
-  ASSERT_TRUE(iommu.set_mapping(ga(0x1800), ga(0x8000), 0x100, Permissions::Read).has_value());
+  EXPECT_EQ(iommu.generation(), g0 + 1);
+  ASSERT_TRUE(iommu.set_mapping(ga(0x2000), ga(0x9000), 0x800, Permissions::Read).has_value());
   EXPECT_EQ(iommu.generation(), g0 + 2);
-  iommu.invalidate_mapping(ga(0x1000), 1);
+  ASSERT_TRUE(iommu.set_mapping(ga(0x800), ga(0x7800), 0x800, Permissions::Read).has_value());
   EXPECT_EQ(iommu.generation(), g0 + 3);
+  ASSERT_TRUE(iommu.set_mapping(ga(0x3000), ga(0xa000), 0x100, Permissions::Read).has_value());
+  EXPECT_EQ(iommu.generation(), g0 + 3);
+  ASSERT_TRUE(iommu.set_mapping(ga(0x2800), ga(0x9800), 0x800, Permissions::Read).has_value());
+  EXPECT_EQ(iommu.generation(), g0 + 4);
+  EXPECT_EQ(iommu.iotlb_snapshot().entries()[0],
+            (IotlbEntry{ga(0x800), ga(0x7800), 0x2900, Permissions::Read}));
+
+  // Part of an entry replaced, then cut off.
+  ASSERT_TRUE(iommu.set_mapping(ga(0x1800), ga(0x100), 0x100, Permissions::Read).has_value());
+  EXPECT_EQ(iommu.generation(), g0 + 5);
+  iommu.invalidate_mapping(ga(0x800), 1);
+  EXPECT_EQ(iommu.generation(), g0 + 6);
   EXPECT_EQ(iommu.set_mapping(ga(kTop), ga(0), 1, Permissions::Read),
             (Result<void>(std::unexpect, Error::guest_address_overflow(kTop, 1))));
-  EXPECT_EQ(iommu.generation(), g0 + 3);
+  EXPECT_EQ(iommu.generation(), g0 + 6);
   EXPECT_EQ(iommu.iotlb_snapshot().size(), 3u);
-  EXPECT_EQ(iommu.entry_at(ga(0x1800)), (IotlbEntry{ga(0x1800), ga(0x8000), 0x100, Permissions::Read}));
+  EXPECT_EQ(iommu.entry_at(ga(0x1800)), (IotlbEntry{ga(0x1800), ga(0x100), 0x100, Permissions::Read}));
 }
 
 // ---------------------------------------------------------------- IommuMemory
@@ -579,6 +603,147 @@ TEST(IommuMemory, InvalidationWhileATranslationIsCached) {
   // Everything invalidated.
   iommu->invalidate_all();
   EXPECT_EQ(copy.read_obj<std::uint8_t>(ga(0x100020)).error(), cannot_resolve(0x100020, 1));
+}
+
+// A failed Result's error, for failure messages (GoogleTest prints a Result as raw bytes).
+template <class T>
+std::string error_of(const Result<T>& r) {
+  std::ostringstream out;
+  if (!r) {
+    out << r.error();
+  }
+  return out.str();
+}
+
+// The integer whose little-endian bytes are seed, seed + 1, ... (what fill() writes).
+template <class T>
+T counting_from(std::uint64_t seed) {
+  std::uint64_t value = 0;
+  for (unsigned i = 0; i < sizeof(T); ++i) {
+    value |= ((seed + i) & 0xff) << (8 * i);
+  }
+  return static_cast<T>(value);
+}
+
+// How an IOTLB entry changes after an IommuMemory cached its translation at `cached` (a
+// 4-byte load there, which reads `cached_target`): the mappings installed before, and the
+// one installed after.
+struct EntryChange {
+  const char* name;
+  std::vector<IotlbEntry> before;
+  std::uint64_t cached;
+  std::uint64_t cached_target;
+  IotlbEntry change;
+};
+
+// An object over a 16 KiB region at 0x100000 filled with 0, 1, 2, ... whose Iommu holds
+// `change.before`, with the translation at `change.cached` cached, and `change.change` then
+// installed. Each access below runs on its own object, so that it is the first to meet the
+// changed entry.
+template <Bitmap B>
+IommuMemory<GuestMemoryMmap<B>> after_change(const GuestMemoryMmap<B>& phys,
+                                             const EntryChange& change) {
+  fill(phys, 0);
+  auto iommu = std::make_shared<Iommu>();
+  for (const IotlbEntry& e : change.before) {
+    EXPECT_TRUE(iommu->set_mapping(e.iova, e.target, e.length, e.permissions).has_value());
+  }
+  IommuMemory<GuestMemoryMmap<B>> mem(phys, iommu);
+  EXPECT_EQ(mem.template load<std::uint32_t>(ga(change.cached), std::memory_order_relaxed),
+            Result<std::uint32_t>(counting_from<std::uint32_t>(change.cached_target - 0x100000)));
+  const IotlbEntry& c = change.change;
+  EXPECT_TRUE(iommu->set_mapping(c.iova, c.target, c.length, c.permissions).has_value());
+  return mem;
+}
+
+// Accesses of 8 and 16 bytes at `iova`, which the IOTLB maps contiguously to `target` in the
+// region at 0x100000: each is one host range, whatever the object cached before.
+template <Bitmap B>
+void expect_contiguous_after(const EntryChange& change, std::uint64_t iova, std::uint64_t target) {
+  SCOPED_TRACE(change.name);
+  auto phys = physical<B>({{ga(0x100000), 0x4000}});
+  const auto seed = static_cast<std::uint8_t>(target - 0x100000);
+  const auto expected = counting_from<std::uint64_t>(seed);
+  {
+    auto mem = after_change(phys, change);
+    const auto loaded = mem.template load<std::uint64_t>(ga(iova), std::memory_order_relaxed);
+    EXPECT_EQ(loaded, Result<std::uint64_t>(expected)) << error_of(loaded);
+  }
+  {
+    auto mem = after_change(phys, change);
+    const auto stored =
+        mem.store(std::uint64_t{0x1122334455667788}, ga(iova), std::memory_order_relaxed);
+    EXPECT_EQ(stored, Result<void>()) << error_of(stored);
+    EXPECT_EQ(phys.template read_obj<std::uint64_t>(ga(target)),
+              Result<std::uint64_t>(0x1122334455667788));
+  }
+  {
+    auto mem = after_change(phys, change);
+    auto view = mem.get_slice(ga(iova), 16, Permissions::Write);
+    ASSERT_TRUE(view.has_value()) << view.error();
+    EXPECT_EQ(view->size(), 16u);
+    EXPECT_EQ(view->unsafe_host_ptr(), *phys.get_host_address(ga(target)));
+    std::vector<std::byte> bytes(16);
+    EXPECT_EQ(view->read(bytes, 0), Result<std::size_t>(16));
+    EXPECT_EQ(bytes, pattern(16, seed));
+  }
+  {
+    auto mem = after_change(phys, change);
+    const auto read = mem.template read_obj<std::uint64_t>(ga(iova));
+    EXPECT_EQ(read, Result<std::uint64_t>(expected)) << error_of(read);
+  }
+}
+
+template <Bitmap B>
+void expect_grown_entries_are_contiguous() {
+  constexpr Permissions kRW = Permissions::ReadWrite;
+  // The entry continues past the end of the cached translation.
+  expect_contiguous_after<B>({"grows forward",
+                              {{ga(0x10000), ga(0x100000), 4, kRW}},
+                              0x10000, 0x100000,
+                              {ga(0x10004), ga(0x100004), 0x1000, kRW}},
+                             0x10000, 0x100000);
+  // A mapping fills the hole between two entries, which merge into one.
+  expect_contiguous_after<B>({"two entries merge",
+                              {{ga(0x20000), ga(0x101000), 4, kRW},
+                               {ga(0x20008), ga(0x101008), 0x100, kRW}},
+                              0x20000, 0x101000,
+                              {ga(0x20004), ga(0x101004), 4, kRW}},
+                             0x20000, 0x101000);
+  // The entry grows before the cached translation's start; an access from the new start runs
+  // over the cached part.
+  expect_contiguous_after<B>({"grows backward",
+                              {{ga(0x30004), ga(0x102004), 0xffc, kRW}},
+                              0x30004, 0x102004,
+                              {ga(0x30000), ga(0x102000), 4, kRW}},
+                             0x30000, 0x102000);
+}
+
+TEST(IommuMemory, AccessAfterAnEntryGrewIsNotFragmented) {
+  expect_grown_entries_are_contiguous<NoBitmap>();
+  // Regions with a bitmap look the region up on a hit (another path through the cache).
+  expect_grown_entries_are_contiguous<AtomicBitmap>();
+}
+
+// The opposite change: an invalidation that cuts the end off a cached entry. An access across
+// the new end is Fragmented, counting the bytes that are still mapped.
+TEST(IommuMemory, AccessAfterAnEntryShrankIsFragmented) {
+  auto phys = physical({{ga(0x100000), 0x4000}});
+  fill(phys, 0);
+  auto iommu = std::make_shared<Iommu>();
+  ASSERT_TRUE(iommu->set_mapping(ga(0x40000), ga(0x103000), 0x1000, Permissions::ReadWrite).has_value());
+  Mem mem(phys, iommu);
+  ASSERT_EQ(mem.load<std::uint64_t>(ga(0x40000), std::memory_order_relaxed),
+            Result<std::uint64_t>(0x0706050403020100));
+  iommu->invalidate_mapping(ga(0x40004), 0xffc);
+  EXPECT_EQ(mem.load<std::uint64_t>(ga(0x40000), std::memory_order_relaxed).error(),
+            Error::fragmented(0x40000, 8, 4));
+  EXPECT_EQ(mem.store(std::uint64_t{1}, ga(0x40000), std::memory_order_relaxed).error(),
+            Error::fragmented(0x40000, 8, 4));
+  EXPECT_EQ(mem.get_slice(ga(0x40000), 16, Permissions::Read).error(),
+            Error::fragmented(0x40000, 16, 4));
+  EXPECT_EQ(mem.read_obj<std::uint64_t>(ga(0x40000)).error(), Error::partial_buffer(8, 4));
+  EXPECT_EQ(phys.read_obj<std::uint64_t>(ga(0x103000)), Result<std::uint64_t>(0x0706050403020100));
 }
 
 TEST(IommuMemory, AFailedFirstPieceIsReportedWithoutAskingAgain) {

@@ -107,8 +107,10 @@ class Iotlb {
   /// what the range overlaps (entries it cuts are split). The result merges with an entry
   /// just before or after it that continues it: adjacent in IOVA space *and* in target space,
   /// with the same permissions. A length of 0 changes nothing.
-  /// Returns whether part of an existing mapping was replaced (a cache of translations must
-  /// then forget it).
+  /// Returns whether an existing entry changed: part of it was replaced, or it merged with
+  /// the new range and now starts earlier or ends later. A cache of translations must then
+  /// forget it (a cached copy of a grown entry would end too early, and an access across its
+  /// old end would look fragmented); false means the range became an entry of its own.
   /// Errors: GuestAddressOverflow(base, length) when `iova + length` or `target + length` does
   /// not fit in 64 bits (nothing changes).
   Result<bool> set_mapping(GuestAddress iova, GuestAddress target, GuestUsize length,
@@ -155,9 +157,12 @@ class Iotlb {
 /// still fails is the error: CannotResolve for an unmapped part, PermissionDenied for a part
 /// whose permissions refuse the access, each carrying the first such IOVA range.
 ///
-/// Every change that removes or alters a translation advances `generation()`, which the
-/// caches of IommuMemory check on every hit. Adding a mapping where there was none does not:
-/// no cache can hold a translation of an unmapped range.
+/// Every change to an existing entry advances `generation()`, which the caches of
+/// IommuMemory check on every hit: a removal, a cut, a replacement, and a merge that makes an
+/// entry reach further at either end. A cached entry is thus the whole IOTLB entry, not an
+/// older, shorter extent of it, so a translation from the cache ends where a fresh lookup's
+/// ends. Adding a mapping that becomes an entry of its own (it touches no entry it continues)
+/// does not: no cache can hold a translation of an unmapped range.
 ///
 /// Concurrency: every member may be called from any thread at any time. Lookups share a
 /// reader-writer lock, changes take it exclusively; the handler runs with no lock held. After
@@ -220,7 +225,8 @@ class Iommu {
   /// A copy of the IOTLB as it is now (for inspection; it does not follow later changes).
   [[nodiscard]] Iotlb iotlb_snapshot() const;
 
-  /// Advances (never wraps back) whenever a translation is removed or altered.
+  /// Advances (never wraps back) whenever an existing entry is removed, cut, replaced or
+  /// merged with a new mapping.
   [[nodiscard]] std::uint64_t generation() const noexcept {
     return generation_.load(std::memory_order_acquire);
   }

@@ -21,10 +21,12 @@ namespace guestmem::detail {
 
 /// A few IOTLB entries, direct-mapped by 4 KiB page of the IOVA, each tagged with the IOMMU
 /// generation it was read at. An entry is used only while the IOMMU's generation is still the
-/// tag: every change that removes or alters a translation moves the generation on, so a hit
-/// is never staler than the last such change. An entry's permissions are what its user may
-/// do through it (IommuMemory stores the IOTLB entry's permissions less what the protection
-/// of the memory below refuses); a hit needs every right the access asks for.
+/// tag: every change to an existing IOTLB entry (removed, cut, replaced, or grown by a merge)
+/// moves the generation on, so a hit is never staler than the last such change, and the
+/// `available` bytes of a hit end where the IOTLB entry (or the region below) ends now. An
+/// entry's permissions are what its user may do through it (IommuMemory stores the IOTLB
+/// entry's permissions less what the protection of the memory below refuses); a hit needs
+/// every right the access asks for.
 ///
 /// Each slot is a sequence lock over atomic words: a reader takes the words, then checks that
 /// the sequence number is even and unchanged; a writer that finds the slot busy skips it (the
