@@ -101,8 +101,6 @@ struct Entry {
 class ModelIotlb {
  public:
   std::vector<Entry> entries;
-  // Set when a set_mapping extended an existing entry without replacing anything.
-  bool extended = false;
 
   // Removes [start, end) from every entry; returns whether anything was removed.
   bool remove(std::uint64_t start, std::uint64_t end) {
@@ -144,7 +142,8 @@ class ModelIotlb {
     entries = std::move(out);
   }
 
-  // set_mapping: the error, or whether something was replaced.
+  // set_mapping: the error, or whether an existing entry changed (part of it replaced, or
+  // merged with the new range so that it reaches further).
   Result<bool> set(std::uint64_t iova, std::uint64_t target, std::uint64_t len, Permissions perm) {
     if (len == 0) {
       return false;
@@ -158,12 +157,8 @@ class ModelIotlb {
     const bool replaced = remove(iova, iova + len);
     entries.push_back(Entry{iova, target, len, perm});
     canonicalize();
-    // The new range merged into an entry that existed before, which now reaches further.
     const Entry* merged = entry_at(iova);
-    if (!replaced && (merged->iova < iova || merged->end() > iova + len)) {
-      extended = true;
-    }
-    return replaced;
+    return replaced || merged->iova < iova || merged->end() > iova + len;
   }
 
   bool invalidate(std::uint64_t iova, std::uint64_t len) {
@@ -303,7 +298,6 @@ class Session {
     for (std::size_t op = 0; op < kMaxOps && !in_.empty(); ++op) {
       step();
       check_handler_log();
-      mask_grown_entries();
     }
     check_entries();
     if constexpr (kTracked) {
@@ -381,22 +375,6 @@ class Session {
     return true;
   }
 
-  // Known finding (fuzz/regressions/fuzz_iommu/store_after_entry_grew_is_fragmented): a
-  // set_mapping that only extends an entry (a range that continues it) leaves the
-  // generation alone, so IommuMemory's translation cache keeps its slot of the entry's old
-  // extent. A load, store or get_slice that starts inside that slot and reaches past its end
-  // then fails with Fragmented (whose contiguous count, taken from the IOTLB, is the whole
-  // access), although the IOTLB maps the range contiguously; a store that should succeed is
-  // refused. Until the library handles it, the cache is dropped (a copy starts with an empty
-  // one) after each operation that extended an entry; GUESTMEM_FUZZ_UNMASK=1 keeps it.
-  void mask_grown_entries() {
-    if (iotlb_.extended && !guestmem::fuzz::unmask_known_findings()) {
-      const Mem fresh(*mem_);
-      *mem_ = fresh;
-    }
-    iotlb_.extended = false;
-  }
-
   // ---- the model's side of the handler and of translation
 
   void model_handle(const IotlbFails& fails, Permissions access) {
@@ -407,8 +385,8 @@ class Session {
     handle(
         policy_, handler_delta_, handler_perm_, fails,
         [&](std::uint64_t iova, std::uint64_t target, std::uint64_t len, Permissions perm) {
-          auto replaced = iotlb_.set(iova, target, len, perm);
-          if (replaced && *replaced) {
+          auto changed = iotlb_.set(iova, target, len, perm);
+          if (changed && *changed) {
             generation_moves_ = true;
           }
         },
@@ -430,11 +408,11 @@ class Session {
     expected_log_.clear();
     const std::uint64_t now = iommu_->generation();
     GUESTMEM_FUZZ_CHECK(now >= generation_, "the generation went back");
-    // It advances exactly when a translation was removed or changed: a missed advance leaves
-    // stale translations in caches, a needless one only costs cache misses but is still not
-    // what Iommu documents.
+    // It advances exactly when an existing entry was removed, cut, replaced or grown: a
+    // missed advance leaves stale or too short translations in caches, a needless one only
+    // costs cache misses but is still not what Iommu documents.
     GUESTMEM_FUZZ_CHECK((now > generation_) == generation_moves_,
-                        "generation %llu -> %llu, but the model %s a removed translation",
+                        "generation %llu -> %llu, but the model %s a changed entry",
                         static_cast<unsigned long long>(generation_),
                         static_cast<unsigned long long>(now),
                         generation_moves_ ? "saw" : "did not see");
