@@ -914,6 +914,28 @@ TEST(IommuMemory, AtomicBitmapsAtIovaAndRegionGranularity) {
   EXPECT_EQ(region_bitmap.get_and_reset(), std::vector<std::uint64_t>{0x2});
 }
 
+// The IOVA bitmap is not checked against the IOVAs the IOTLB maps (they change after
+// construction): a write through a mapping past an AtomicBitmap's end reaches memory and the
+// region's bitmap, and the IOVA bitmap drops its mark, as its constructor's precondition says.
+TEST(IommuMemory, WriteAtAnIovaPastTheIovaBitmapIsNotMarkedThere) {
+  auto phys = physical<AtomicBitmap>({{ga(0x4000), 0x2000}});
+  auto iova_bitmap = std::make_shared<const AtomicBitmap>(0x10000);
+  auto iommu = std::make_shared<Iommu>();
+  ASSERT_TRUE(iommu->set_mapping(ga(0x1000), ga(0x4000), 0x1000, Permissions::ReadWrite).has_value());
+  ASSERT_TRUE(iommu->set_mapping(ga(0x2a000), ga(0x5000), 0x1000, Permissions::ReadWrite).has_value());
+  IommuMemory<GuestMemoryMmap<AtomicBitmap>, AtomicBitmap> mem(phys, iommu, iova_bitmap);
+  const AtomicBitmap& region_bitmap = phys.find_region(ga(0x4000))->bitmap();
+
+  ASSERT_EQ(mem.write_obj(std::uint32_t{0x11223344}, ga(0x1008)), Result<void>());
+  EXPECT_EQ(iova_bitmap->get_and_reset(), std::vector<std::uint64_t>{0x2});
+  EXPECT_EQ(region_bitmap.get_and_reset(), std::vector<std::uint64_t>{0x1});
+
+  ASSERT_EQ(mem.write_obj(std::uint32_t{0x55667788}, ga(0x2a008)), Result<void>());
+  EXPECT_EQ(phys.read_obj<std::uint32_t>(ga(0x5008)), Result<std::uint32_t>(0x55667788));
+  EXPECT_EQ(iova_bitmap->get_and_reset(), std::vector<std::uint64_t>{0});
+  EXPECT_EQ(region_bitmap.get_and_reset(), std::vector<std::uint64_t>{0x2});
+}
+
 TEST(IommuMemory, RegionBitmapsWithoutAnIovaBitmap) {
   using Tracked = IommuMemory<GuestMemoryMmap<RecordingBitmap>>;
   static_assert(std::same_as<Tracked::slice_type, GuestMemoryMmap<RecordingBitmap>::slice_type>);

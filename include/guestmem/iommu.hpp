@@ -349,7 +349,11 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
 
   /// As above, reporting translated writes to `iova_bitmap` at IOVA offsets.
   /// Preconditions: `iommu` and `iova_bitmap` are not null (aborts otherwise); the bitmap
-  /// accepts marks at every IOVA the device may write.
+  /// accepts marks at every IOVA the device may write. Nothing can check this here: the IOVAs
+  /// that matter are those the IOTLB maps writable, and they change after construction. An
+  /// AtomicBitmap drops marks past its len(), so a write at such an IOVA reaches memory and
+  /// the regions' bitmaps but not this one: size it to the end of the IOVA space that the
+  /// front end maps (the guest IOMMU's address width).
   IommuMemory(M memory, std::shared_ptr<Iommu> iommu, std::shared_ptr<const B> iova_bitmap,
               IommuMode mode = IommuMode::Translate)
     requires kIovaTracking
