@@ -297,7 +297,7 @@ Status<MigrationReport> migrate_out(Machine& vm, int fd, const MigrationOptions&
   std::vector<std::vector<std::uint64_t>> words;
   // Resetting the bitmaps first makes the first round's writes show in the second round.
   if (auto r = vm.take_dirty(words); !r) {
-    vm.pause();
+    (void)vm.pause();
     return std::unexpected(r.error());
   }
   auto guard = vm.space().memory();
