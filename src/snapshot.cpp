@@ -43,7 +43,7 @@ constexpr std::uint32_t kFlagDiff = 1;
 constexpr std::uint64_t kMaxMetadataSize = std::uint64_t{1} << 32;
 // The most one pwrite or pread moves (Linux moves at most 0x7ffff000 bytes a call).
 constexpr std::size_t kMaxIo = std::size_t{1} << 30;
-// How many pages ahead a save prefetches the next page to read.
+// How many pages ahead a save prefetches the pages to read, a batch of this many at a time.
 constexpr std::size_t kPrefetchAhead = 8;
 // How many pages a save lists at a time (64 MiB of 4 KiB pages; the list is at most 128 KiB).
 constexpr std::uint64_t kListWindow = 16384;
@@ -466,40 +466,115 @@ class PageHints {
   std::vector<std::uint64_t> buffer_;
 };
 
-// Collects adjacent ranges of guest memory that go to adjacent file offsets into one pwrite.
-class RunWriter {
+// Writes the pages a file holds for one region and computes the region's chunk checksums.
+// Adjacent pages go to adjacent file offsets, so a run of them is one pwrite. Each run is
+// written first and hashed after, while its bytes are still in the cache from the kernel's
+// copy: the memory is read from DRAM once, by the copy, and the hash reads the cache. (Hashed
+// first, a page is read from DRAM by the hash and again from the cache by the copy, and a long
+// run of dense memory no longer in the cache when its pwrite comes reads DRAM twice.) A run
+// is therefore at most kRunBytes, which a recent core's L2 cache holds.
+class RegionWriter {
  public:
-  explicit RunWriter(int fd) noexcept : fd_(fd) {}
+  // Preconditions: `r` is readable and stays alive and unwritten during the save; `sums`
+  // has a word per chunk of the region.
+  RegionWriter(int fd, const RegionView& r, std::uint64_t file_offset, std::uint64_t page_size,
+               std::uint64_t* sums, Hasher& hasher) noexcept
+      : fd_(fd),
+        region_(r),
+        file_offset_(file_offset),
+        page_size_(page_size),
+        pages_per_chunk_(kSnapshotChunkSize / page_size),
+        sums_(sums),
+        hasher_(hasher) {
+    hasher_.reset();
+  }
 
-  Result<void> add(const std::uint8_t* src, std::size_t len, std::uint64_t offset) {
-    if (len_ != 0 && src_ + len_ == src && offset_ + len_ == offset && len_ + len <= kMaxIo) {
-      len_ += len;
+  // Page p (after every page added before) is written and hashed.
+  Result<void> add_data(std::uint64_t p) {
+    if (run_end_ != run_first_ && run_end_ == p && (p - run_first_) * page_size_ < kRunBytes) {
+      run_end_ = p + 1;
       return {};
     }
     if (auto r = flush(); !r) {
       return r;
     }
-    src_ = src;
-    len_ = len;
-    offset_ = offset;
+    run_first_ = p;
+    run_end_ = p + 1;
     return {};
   }
 
-  Result<void> flush() {
-    if (len_ == 0) {
-      return {};
+  // Page p (after every page added before), which reads as zeros, is hashed but not written:
+  // the file's hole reads as the same zeros.
+  Result<void> add_zero(std::uint64_t p) {
+    if (auto r = flush(); !r) {
+      return r;
     }
-    // SAFETY: every range added lies inside a live region of the memory being saved.
-    auto r = pwrite_all(fd_, src_, len_, offset_);
-    len_ = 0;
-    return r;
+    hash_pages(p, p + 1);
+    return {};
+  }
+
+  // Writes what is pending and closes the region's remaining chunks.
+  Result<void> finish(std::uint64_t chunks) {
+    if (auto r = flush(); !r) {
+      return r;
+    }
+    close_chunks(chunks);
+    return {};
   }
 
  private:
+  static constexpr std::uint64_t kRunBytes = std::uint64_t{256} << 10;
+
+  Result<void> flush() {
+    if (run_end_ == run_first_) {
+      return {};
+    }
+    const std::uint64_t off = run_first_ * page_size_;
+    const auto len =
+        static_cast<std::size_t>(std::min(run_end_ * page_size_, region_.size) - off);
+    // SAFETY: [off, off + len) lies inside the live region (pages of it the caller listed).
+    auto r = pwrite_all(fd_, region_.host + off, len, file_offset_ + off);
+    if (r) {
+      hash_pages(run_first_, run_end_);
+    }
+    run_first_ = run_end_ = 0;
+    return r;
+  }
+
+  // Hashes pages [first, end) into their chunks, closing the chunks before them.
+  void hash_pages(std::uint64_t first, std::uint64_t end) noexcept {
+    while (first < end) {
+      const std::uint64_t c = first / pages_per_chunk_;
+      close_chunks(c);
+      const std::uint64_t stop = std::min(end, (c + 1) * pages_per_chunk_);
+      const std::uint64_t off = first * page_size_;
+      // SAFETY: pages [first, stop) lie inside the live region.
+      hasher_.update(region_.host + off,
+                     static_cast<std::size_t>(std::min(stop * page_size_, region_.size) - off));
+      first = stop;
+    }
+  }
+
+  // Closes the chunks before chunk `end` (those without pages hash nothing).
+  void close_chunks(std::uint64_t end) noexcept {
+    for (; chunk_ < end; ++chunk_) {
+      sums_[chunk_] = hasher_.digest();
+      hasher_.reset();
+    }
+  }
+
   int fd_;
-  const std::uint8_t* src_ = nullptr;
-  std::size_t len_ = 0;
-  std::uint64_t offset_ = 0;
+  const RegionView& region_;
+  std::uint64_t file_offset_;
+  std::uint64_t page_size_;
+  std::uint64_t pages_per_chunk_;
+  std::uint64_t* sums_;
+  Hasher& hasher_;
+  // The pending run: pages [run_first_, run_end_), not yet written nor hashed.
+  std::uint64_t run_first_ = 0;
+  std::uint64_t run_end_ = 0;
+  // The first chunk whose checksum is not yet stored.
+  std::uint64_t chunk_ = 0;
 };
 
 // Saves `regions` into `fd`: every non-zero page (full snapshot, `dirty` empty), or the
@@ -538,7 +613,6 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
     return std::unexpected(r.error());
   }
 
-  const std::uint64_t pages_per_chunk = kSnapshotChunkSize / page_size;
   const bool diff = base != nullptr;
   std::optional<PageHints> hints;
   if (!diff) {
@@ -547,12 +621,10 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
   std::vector<std::uint64_t> candidates;
   std::vector<std::uint64_t> listed;
   Hasher hasher;
-  RunWriter writer(fd);
   for (std::size_t i = 0; i < regions.size(); ++i) {
     const RegionView& r = regions[i];
     RegionEntry e = layout.entry(i);
     std::uint64_t* present = layout.bitmap(e);
-    std::uint64_t* sums = layout.checksums(e);
     const std::uint64_t* pages_to_read;
     if (diff) {
       pages_to_read = dirty[i].data();
@@ -566,15 +638,7 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
     // page waits for memory, and that wait, not the check or the hash, dominates a save of
     // sparse memory.
     std::uint64_t count = 0;
-    std::uint64_t chunk = 0;
-    hasher.reset();
-    // Closes the chunks before chunk `end` (those without pages hash nothing).
-    auto close_chunks = [&](std::uint64_t end) {
-      for (; chunk < end; ++chunk) {
-        sums[chunk] = hasher.digest();
-        hasher.reset();
-      }
-    };
+    RegionWriter writer(fd, r, e.file_offset, page_size, layout.checksums(e), hasher);
     for (std::uint64_t w0 = 0; w0 < e.pages; w0 += kListWindow) {
       listed.clear();
       (void)for_each_run(pages_to_read, w0, std::min(w0 + kListWindow, e.pages),
@@ -585,36 +649,37 @@ Result<SnapshotId> save_impl(std::span<const RegionView> regions, int fd, const 
         return {};
       });
       for (std::size_t k = 0; k < listed.size(); ++k) {
-        if (k + kPrefetchAhead < listed.size()) {
-          // SAFETY: a prefetch never faults; the address lies inside the region anyway.
-          __builtin_prefetch(r.host + listed[k + kPrefetchAhead] * page_size);
+        if (k % kPrefetchAhead == 0) {
+          // The next batch of pages, prefetched back to back: a prefetch retires only once
+          // its address is translated, and the pwrite below waits for it to retire, so one
+          // prefetch per page would wait out a page walk per page, one at a time (scattered
+          // pages miss the TLB). Issued together, the walks overlap.
+          const std::size_t end = std::min(listed.size(), k + 2 * kPrefetchAhead);
+          for (std::size_t j = k + kPrefetchAhead; j < end; ++j) {
+            // SAFETY: a prefetch never faults; the address lies inside the region anyway.
+            __builtin_prefetch(r.host + listed[j] * page_size);
+          }
         }
         const std::uint64_t p = listed[k];
-        close_chunks(p / pages_per_chunk);
         const std::uint64_t off = p * page_size;
         const auto len = static_cast<std::size_t>(std::min(page_size, r.size - off));
         // SAFETY: off < r.size and off + len <= r.size: the page lies inside the live region.
-        const std::uint8_t* host = r.host + off;
-        const bool zero = all_zero(host, len);
+        const bool zero = all_zero(r.host + off, len);
         if (zero && !diff) {
           continue;
         }
         set_bit(present, p);
         ++count;
-        hasher.update(host, len);
-        if (!zero) {
-          if (auto w = writer.add(host, len, e.file_offset + off); !w) {
-            return std::unexpected(w.error());
-          }
+        if (auto w = zero ? writer.add_zero(p) : writer.add_data(p); !w) {
+          return std::unexpected(w.error());
         }
       }
     }
-    close_chunks(e.chunks);
+    if (auto w = writer.finish(e.chunks); !w) {
+      return std::unexpected(w.error());
+    }
     e.pages_present = count;
     set_entry(layout, i, e);
-  }
-  if (auto r = writer.flush(); !r) {
-    return std::unexpected(r.error());
   }
   // The header last: a save that fails before this point leaves a file without a magic.
   layout.meta[kChecksumWord] = header_checksum(layout.meta);
