@@ -101,6 +101,18 @@ void Machine::start() {
   thread_ = std::thread([this] { result_ = cpu_->run(); });
 }
 
+Status<void> Machine::run_to_halt() {
+  start();
+  auto end = wait();
+  if (!end) {
+    return std::unexpected(end.error());
+  }
+  if (*end != RunEnd::Halted) {
+    return std::unexpected(std::string("the guest stopped before halting"));
+  }
+  return {};
+}
+
 Status<RunEnd> Machine::wait() {
   if (thread_.joinable()) {
     thread_.join();

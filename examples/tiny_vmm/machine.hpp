@@ -49,6 +49,10 @@ class Machine {
   Status<RunEnd> wait();
   /// Asks the processor to stop once the device has completed `count` requests in all.
   void stop_after_request(std::uint32_t count);
+  /// Runs the processor from where it is until the guest halts. Preconditions: not running.
+  /// Errors: the processor's, or "the guest stopped before halting" when it stopped
+  /// otherwise (a requested stop).
+  Status<void> run_to_halt();
 
   /// Whether the guest reached its final hlt (as far as the last run knows).
   [[nodiscard]] bool halted() const noexcept { return halted_; }

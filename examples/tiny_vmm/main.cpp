@@ -112,19 +112,6 @@ MachineConfig machine_config(const Options& o, GuestKind kind, const std::string
   return c;
 }
 
-// Runs `vm` from where it is to the guest's halt.
-Status<void> run_to_halt(Machine& vm) {
-  vm.start();
-  auto end = vm.wait();
-  if (!end) {
-    return std::unexpected(end.error());
-  }
-  if (*end != RunEnd::Halted) {
-    return std::unexpected(std::string("the guest stopped before halting"));
-  }
-  return {};
-}
-
 Status<void> check_output(const Options& o, const std::string& output, const char* what) {
   auto input = read_file(o.input);
   auto got = read_file(output);
@@ -206,7 +193,7 @@ int run_destination(const Options& o) {
     }
   }
   if (!vm->halted()) {
-    if (auto r = run_to_halt(*vm); !r) {
+    if (auto r = vm->run_to_halt(); !r) {
       die("destination: " + r.error());
     }
   }
@@ -313,7 +300,7 @@ int run_source(const Options& o, GuestKind kind) {
     die(vm.error());
   }
   if (o.no_migrate) {
-    if (auto r = run_to_halt(**vm); !r) {
+    if (auto r = (*vm)->run_to_halt(); !r) {
       die(r.error());
     }
     if (auto r = check_output(o, o.output, "run"); !r) {
@@ -397,7 +384,7 @@ int run_source(const Options& o, GuestKind kind) {
     const std::uint32_t from = (*restored)->device().completed();
     say("snapshot: restored %s into a fresh %s machine at request %u\n",
         eager ? "eagerly" : "lazily", to_string(kind), from);
-    if (auto r = run_to_halt(**restored); !r) {
+    if (auto r = (*restored)->run_to_halt(); !r) {
       die(r.error());
     }
     if (auto r = check_output(o, out, eager ? "eager restore" : "lazy restore"); !r) {

@@ -75,18 +75,6 @@ std::vector<std::byte> contents(const Machine& vm) {
   return all;
 }
 
-Status<void> run_to_halt(Machine& vm) {
-  vm.start();
-  auto end = vm.wait();
-  if (!end) {
-    return std::unexpected(end.error());
-  }
-  if (*end != RunEnd::Halted) {
-    return std::unexpected(std::string("stopped before halting"));
-  }
-  return {};
-}
-
 struct Pair {
   int source = -1;
   int destination = -1;
@@ -105,7 +93,7 @@ struct Pair {
 TEST_F(TinyVmm, ThreadGuestSwapsTheCaseOfEveryBlock) {
   auto vm = Machine::boot(config(GuestKind::Thread, "out"));
   ASSERT_TRUE(vm) << vm.error();
-  ASSERT_TRUE(run_to_halt(**vm)) << "";
+  ASSERT_TRUE((*vm)->run_to_halt()) << "";
   EXPECT_EQ((*vm)->device().completed(), kRequestsPerRun);
   EXPECT_EQ((*vm)->console().transcript(), kTranscript);
   EXPECT_EQ(*read_file(dir_ + "/out"), expected());
@@ -186,7 +174,7 @@ Status<std::pair<std::unique_ptr<Machine>, MigrationReport>> migrate_here(
 TEST_F(TinyVmm, ThreadGuestMigrationEndsLikeARunWithoutIt) {
   auto plain = Machine::boot(config(GuestKind::Thread, "plain"));
   ASSERT_TRUE(plain) << plain.error();
-  ASSERT_TRUE(run_to_halt(**plain));
+  ASSERT_TRUE((*plain)->run_to_halt());
   const std::vector<std::byte> final_memory = contents(**plain);
 
   for (std::uint32_t after : {1U, 6U, 13U}) {
@@ -202,7 +190,7 @@ TEST_F(TinyVmm, ThreadGuestMigrationEndsLikeARunWithoutIt) {
     auto& dest = *moved->first;
     EXPECT_GE(dest.device().completed(), after);
     EXPECT_EQ(moved->second.memory_hash, memory_hash(*dest.space().memory()));
-    ASSERT_TRUE(run_to_halt(dest));
+    ASSERT_TRUE(dest.run_to_halt());
     EXPECT_EQ(dest.device().completed(), kRequestsPerRun);
     EXPECT_EQ(contents(dest), final_memory);
     EXPECT_EQ(*read_file(cfg.output_path), *read_file(dir_ + "/plain"));
@@ -274,14 +262,14 @@ TEST_F(TinyVmm, SnapshotRestoresEagerlyAndLazily) {
   ASSERT_EQ((*vm)->device().completed(), 7U);
   auto saved = save_machine(**vm, cfg.output_path, dir_ + "/snap");
   ASSERT_TRUE(saved) << saved.error();
-  ASSERT_TRUE(run_to_halt(**vm));
+  ASSERT_TRUE((*vm)->run_to_halt());
   const auto final_memory = contents(**vm);
   for (auto mode : {guestmem::RestoreMode::Eager, guestmem::RestoreMode::Lazy}) {
     auto rcfg = config(GuestKind::Thread, mode == guestmem::RestoreMode::Eager ? "e" : "l");
     auto restored = restore_machine(dir_ + "/snap", mode, rcfg);
     ASSERT_TRUE(restored) << restored.error();
     EXPECT_EQ((*restored)->device().completed(), 7U);
-    ASSERT_TRUE(run_to_halt(**restored));
+    ASSERT_TRUE((*restored)->run_to_halt());
     EXPECT_EQ((*restored)->device().completed(), kRequestsPerRun);
     EXPECT_EQ(contents(**restored), final_memory);
     EXPECT_EQ(*read_file(rcfg.output_path), expected());
@@ -294,7 +282,7 @@ TEST_F(TinyVmm, KvmGuestSwapsTheCaseOfEveryBlock) {
   }
   auto vm = Machine::boot(config(GuestKind::Kvm, "kvm_out"));
   ASSERT_TRUE(vm) << vm.error();
-  auto r = run_to_halt(**vm);
+  auto r = (*vm)->run_to_halt();
   ASSERT_TRUE(r) << r.error();
   EXPECT_EQ((*vm)->device().completed(), kRequestsPerRun);
   EXPECT_EQ((*vm)->console().transcript(), kTranscript);
@@ -313,7 +301,7 @@ TEST_F(TinyVmm, KvmGuestMigratesMidway) {
   (*vm)->device().wait_completed(5, [] { return false; });
   auto moved = migrate_here(**vm, cfg);
   ASSERT_TRUE(moved) << moved.error();
-  auto r = run_to_halt(*moved->first);
+  auto r = moved->first->run_to_halt();
   ASSERT_TRUE(r) << r.error();
   EXPECT_EQ(moved->first->device().completed(), kRequestsPerRun);
   EXPECT_EQ((*vm)->console().transcript() + moved->first->console().transcript(), kTranscript);
