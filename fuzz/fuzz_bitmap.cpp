@@ -97,27 +97,6 @@ class Session {
     }
   }
 
-  // Known finding (fuzz/regressions/fuzz_bitmap/mark_dirty_range_past_2_64): mark_dirty of a
-  // range that starts inside the bitmap but whose end, offset + len, does not fit in 64 bits
-  // marks only the pages up to the wrapped end (often none) instead of every page to the end
-  // of the bitmap, so bits are lost. reset_range treats the same range as "to the end". Such
-  // marks are skipped until the library handles them; GUESTMEM_FUZZ_UNMASK=1 keeps them.
-  [[nodiscard]] bool masked_mark(std::uint64_t offset, std::uint64_t len) const {
-    return !guestmem::fuzz::unmask_known_findings() && wraps(offset, len);
-  }
-  // Known finding (fuzz/regressions/fuzz_bitmap/reset_range_past_2_64_same_page): reset_range
-  // detects a wrapped end only when it lands on a page before the first one; when the
-  // wrapped end falls in the first page itself, only that page is cleared instead of every
-  // page to the end. Such resets are skipped until the library handles them.
-  [[nodiscard]] bool masked_reset(std::uint64_t offset, std::uint64_t len) const {
-    return !guestmem::fuzz::unmask_known_findings() && wraps(offset, len) &&
-           ((offset + (len - 1)) >> shift_) == (offset >> shift_);
-  }
-  // A range that starts inside the bitmap and whose end does not fit in 64 bits.
-  [[nodiscard]] bool wraps(std::uint64_t offset, std::uint64_t len) const {
-    return len > 0 && (offset >> shift_) < pages_ && len - 1 > ~std::uint64_t{0} - offset;
-  }
-
   // The pages [offset, offset + len) touch, clipped to the bitmap; an end past 2^64 counts as
   // "to the end of the bitmap".
   void model_range(std::uint64_t offset, std::uint64_t len, bool value) {
@@ -169,9 +148,6 @@ class Session {
       case 1: {
         const std::uint64_t off = offset();
         const std::uint64_t len = length();
-        if (masked_mark(off, len)) {
-          break;
-        }
         bitmap_.mark_dirty(off, len);
         model_range(off, len, true);
         break;
@@ -181,9 +157,6 @@ class Session {
         const std::uint64_t base = in_.below(len_ + 2);
         const std::uint64_t off = in_.below(len_ + 2);
         const std::uint64_t len = length();
-        if (masked_mark(base + off, len)) {
-          break;
-        }
         bitmap_.slice_at(base).slice_at(0).mark_dirty(off, len);
         model_range(base + off, len, true);
         const std::uint64_t probe = in_.below(len_ + 2);
@@ -197,9 +170,6 @@ class Session {
       case 3: {
         const std::uint64_t off = offset();
         const std::uint64_t len = length();
-        if (masked_reset(off, len)) {
-          break;
-        }
         bitmap_.reset_range(off, len);
         model_range(off, len, false);
         break;
