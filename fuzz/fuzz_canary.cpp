@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <cstdint>
@@ -75,7 +76,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     leaked = std::malloc(64 + size);
     leaked = nullptr;
   } else if (mode == "timeout") {
-    ::sleep(30);
+    // libFuzzer's timeout check runs from SIGALRM, which cuts a single sleep() short: keep
+    // sleeping until 30 seconds have passed.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      ::usleep(100000);
+    }
   }
   (void)data;
   return 0;
