@@ -1,7 +1,7 @@
 // guestmem: readers and writers over memory that may fault.
 //
 // `VmReader<F>` and `VmWriter<F, S>` are cursors over one contiguous range of memory, after
-// Asterinas OSTD's mm::io (seed 004). `F` says whether accesses may fault:
+// Asterinas OSTD's mm::io. `F` says whether accesses may fault:
 // - `Fallible`: the memory may vanish at any time (guest memory whose memfd a vhost-user
 //   front end truncates, a region unmapped or protected under a device). Every transfer goes
 //   through the fault-tolerant primitives of guestmem/fault.hpp and reports a fault as an
