@@ -999,9 +999,9 @@ TEST(GuestMemoryMmapDirty, ASourceThatFailsOrLiesMarksEverythingItWasOffered) {
 
 // ---------------------------------------------------------------- races
 
-// The racing-writer test of vm-memory's guest_memory.rs: an object whose first member (of type T) ends exactly
-// at the end of one region, the rest in the next. The writer flips all bits of that member
-// while the reader checks that it never sees a mix of old and new bytes.
+// The racing-writer test of vm-memory's guest_memory.rs: an object whose first member (of
+// type T) ends exactly at the end of one region, the rest in the next. The writer flips all
+// bits of that member while the reader checks that it never sees a mix of old and new bytes.
 template <class T>
 void NonAtomicAccessAtRegionJunction() {
   struct Data {
