@@ -43,6 +43,7 @@ using guestmem::GuestAddress;
 using guestmem::Permissions;
 using guestmem::Protection;
 using guestmem::Result;
+using guestmem::fuzz::draw_protection;
 using guestmem::fuzz::Input;
 
 using Memory = guestmem::GuestMemoryMmap<AtomicBitmap>;
@@ -259,20 +260,7 @@ class Session {
       if (start < end || len > kTop - start) {
         break;  // keep the layout sorted and inside the address space
       }
-      Protection prot = Protection::read_write();
-      Permissions allowed = Permissions::ReadWrite;
-      switch (in_.below(6)) {
-        case 0:
-          prot = Protection::read();
-          allowed = Permissions::Read;
-          break;
-        case 1:
-          prot = Protection::write();
-          allowed = Permissions::Write;
-          break;
-        default:
-          break;
-      }
+      const auto [prot, allowed] = draw_protection(in_, 6);
       auto mapping = guestmem::MmapRegionBuilder<AtomicBitmap>(len).with_protection(prot).build();
       GUESTMEM_FUZZ_CHECK(mapping.has_value(), "mapping %llu bytes failed",
                           static_cast<unsigned long long>(len));

@@ -16,6 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "guestmem/permissions.hpp"
+#include "guestmem/protection.hpp"
+
 namespace guestmem::fuzz {
 
 // Aborts with a message when a check fails. libFuzzer (and ASan's handler under it) report
@@ -91,6 +94,23 @@ class Input {
   std::size_t size_;
   std::size_t pos_ = 0;
 };
+
+/// A region's protection drawn from the input, with the accesses it allows: read-only and
+/// write-only each once in `outcomes` draws (at least 3), read-write otherwise.
+struct DrawnProtection {
+  Protection prot = Protection::read_write();
+  Permissions allowed = Permissions::ReadWrite;
+};
+inline DrawnProtection draw_protection(Input& in, std::uint64_t outcomes) noexcept {
+  switch (in.below(outcomes)) {
+    case 0:
+      return {Protection::read(), Permissions::Read};
+    case 1:
+      return {Protection::write(), Permissions::Write};
+    default:
+      return {};
+  }
+}
 
 /// The byte pattern of the replay format: an LCG whose top byte is each data byte.
 inline void fill_pattern(std::span<std::byte> out, std::uint64_t seed) noexcept {

@@ -48,6 +48,7 @@ using guestmem::NoBitmap;
 using guestmem::Permissions;
 using guestmem::Protection;
 using guestmem::Result;
+using guestmem::fuzz::draw_protection;
 using guestmem::fuzz::Input;
 
 constexpr std::uint64_t kTop = ~std::uint64_t{0};
@@ -313,20 +314,7 @@ class Session {
     for (std::size_t i = 0; i < n; ++i) {
       const std::uint64_t len = in_.flag() ? kPage * (1 + in_.below(3)) : 1 + in_.below(3 * kPage);
       const std::uint64_t start = in_.flag() ? end : end + 1 + in_.below(2 * kPage);
-      Protection prot = Protection::read_write();
-      Permissions allowed = Permissions::ReadWrite;
-      switch (in_.below(5)) {
-        case 0:
-          prot = Protection::read();
-          allowed = Permissions::Read;
-          break;
-        case 1:
-          prot = Protection::write();
-          allowed = Permissions::Write;
-          break;
-        default:
-          break;
-      }
+      const auto [prot, allowed] = draw_protection(in_, 5);
       auto mapping = guestmem::MmapRegionBuilder<BitmapType>(len).with_protection(prot).build();
       GUESTMEM_FUZZ_CHECK(mapping.has_value(), "mapping failed");
       auto region = RegionType::create(std::move(*mapping), GuestAddress{start});
