@@ -96,12 +96,10 @@ else
   mkdir -p "$work_dir"
   cleanup_work=0
 fi
-server_pid=""
+# shellcheck source=server.sh
+source "$script_dir/server.sh"
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  stop_server
   if [ "$cleanup_work" = 1 ]; then rm -rf "$work_dir"; fi
 }
 trap cleanup EXIT
@@ -168,23 +166,8 @@ host_sum=$(dd if="$image" bs=1M skip="$host_skip_mib" count="$host_mib" status=n
   | sha256sum | cut -d' ' -f1)
 
 # --- The back end. ---------------------------------------------------------------------
-if [ "$server" = qsd ]; then
-  server_cmd=(qemu-storage-daemon
-    --blockdev "driver=file,node-name=disk,filename=$image,cache.direct=off"
-    --export "type=vhost-user-blk,id=export,node-name=disk,addr.type=unix,addr.path=$socket,writable=on")
-else
-  read -r -a server_cmd <<<"${server//@SOCKET@/$socket}"
-  for i in "${!server_cmd[@]}"; do server_cmd[$i]=${server_cmd[$i]//@IMAGE@/$image}; done
-fi
-log "server: ${server_cmd[*]}"
-timeout "$((boot_timeout + 30))" "${server_cmd[@]}" >"$work_dir/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do
-  [ -S "$socket" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work_dir/server.log" >&2; fail "the server exited"; }
-  sleep 0.1
-done
-[ -S "$socket" ] || fail "the server did not create $socket within 10 s"
+start_server "$server" "$socket" "$image" "$work_dir/server.log" "$((boot_timeout + 30))" \
+  || fail "the server did not start"
 
 # --- The guest. ------------------------------------------------------------------------
 log "booting the guest (timeout ${boot_timeout}s)"
