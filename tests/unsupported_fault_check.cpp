@@ -1,7 +1,8 @@
-// Fault recovery where guestmem has no primitives (aarch64 today): every fallible entry point
-// must say FaultRecoveryUnsupported before it touches memory, while the plain byte-access
-// interface works. Built and run by .ci/run for aarch64 under qemu; a plain main() because
-// Debian's GoogleTest is built for the host only.
+// Fault recovery where guestmem has no primitives (an architecture other than x86-64 and
+// aarch64, or a build with GUESTMEM_FAULT_RECOVERY=OFF): every fallible entry point must say
+// FaultRecoveryUnsupported before it touches memory, while the plain byte-access interface
+// works. A plain main(), so that it needs nothing but guestmem on any target; tests/CMakeLists
+// builds it as the test unsupported_fault_check in such builds.
 #include <cstdio>
 #include <vector>
 

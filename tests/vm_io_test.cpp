@@ -53,8 +53,9 @@ class ThreadsafeDeathTests : public ::testing::Environment {
 [[maybe_unused]] ::testing::Environment* const kThreadsafeDeathTests =
     ::testing::AddGlobalTestEnvironment(new ThreadsafeDeathTests);
 
-// Lengths that reach every path of the copy routine: single accesses (1, 2, 4, 8), the
-// overlapping small cases, the 16-31 case, the AVX2 blocks and `rep movsb`.
+// Lengths that reach every path of the copy routines: single accesses (1, 2, 4, 8), the
+// overlapping small cases, the 16-31 case, and the blocks (x86-64: AVX2 blocks and
+// `rep movsb`; aarch64: 64- and 16-byte blocks and the overlapping last 16 bytes).
 constexpr std::size_t kLengths[] = {1,   2,   3,   4,    5,    7,    8,     9,     15,    16,
                                     17,  31,  32,  33,   127,  128,  129,   200,   4096,  5000,
                                     32767, 32768, 40000, 100000};
@@ -95,7 +96,7 @@ std::uintptr_t address_of(const void* pointer) { return reinterpret_cast<std::ui
 
 // ---- the primitives ------------------------------------------------------------------------
 
-TEST(FaultHandler, InstallsOnceAndSucceedsOnX86) {
+TEST(FaultHandler, InstallsOnceAndSucceeds) {
   ASSERT_TRUE(install_fault_handler().has_value());
   ASSERT_TRUE(install_fault_handler().has_value());
   EXPECT_TRUE(detail::fault_handler_ready.load());

@@ -7,9 +7,9 @@
 // how much was done, the faulting address and the signal.
 //
 // How: every memory instruction of a primitive that may fault is listed in a fault table with
-// a place to resume: copy and fill are assembly routines (src/arch/x86_64/), the single
-// accesses are inline assembly (detail/fault_x86_64.hpp). A SIGSEGV/SIGBUS handler, installed
-// once, recognises a kernel-generated fault at a listed instruction and resumes there with the
+// a place to resume: copy and fill are assembly routines (src/arch/x86_64/, src/arch/aarch64/),
+// the single accesses are inline assembly (detail/fault_x86_64.hpp, detail/fault_aarch64.hpp).
+// A SIGSEGV/SIGBUS handler, installed once, recognises a kernel-generated fault at a listed instruction and resumes there with the
 // fault's details; every other fault goes to the handler installed before it (or the default
 // action), so a real crash still crashes with its own signal. The fast path is the plain
 // instruction sequence: no system call, no sigsetjmp, no per-call registration. See
@@ -19,8 +19,8 @@
 // - A copy or fill does a prefix of the bytes: `done` bytes from the start, exactly those
 //   before the first byte that faulted. A copy or fill of 1, 2, 4 or 8 bytes is one access.
 // - The handler is installed on first use; install_fault_handler() does it explicitly (and
-//   reports failure). Only x86-64 can recover from faults; elsewhere install_fault_handler()
-//   fails with FaultRecoveryUnsupported and the primitives abort.
+//   reports failure). Only x86-64 and aarch64 can recover from faults; elsewhere
+//   install_fault_handler() fails with FaultRecoveryUnsupported and the primitives abort.
 // - Recovery needs SIGSEGV and SIGBUS deliverable in the thread that faults: for a fault whose
 //   signal the thread blocks, the kernel forces the default action and the process dies,
 //   whatever handler is installed. So a fallible call refuses to run in a thread that blocks
@@ -55,8 +55,14 @@
 #include "guestmem/detail/config.hpp"
 #include "guestmem/error.hpp"
 
-#if defined(__x86_64__)
+// The one choice of architecture for fault recovery: its inline single accesses and
+// kFaultRecovery. The build selects the matching sources (src/arch/, GUESTMEM_ARCH_SOURCES).
+#if defined(__x86_64__) && !defined(GUESTMEM_NO_FAULT_RECOVERY)
 #include "guestmem/detail/fault_x86_64.hpp"
+#elif defined(__aarch64__) && !defined(GUESTMEM_NO_FAULT_RECOVERY)
+#include "guestmem/detail/fault_aarch64.hpp"
+#else
+#include "guestmem/detail/fault_unsupported.hpp"
 #endif
 
 namespace guestmem {
@@ -126,16 +132,8 @@ extern std::atomic<bool> fault_handler_ready;
 [[gnu::tls_model("initial-exec")]] extern constinit thread_local std::atomic<bool>
     thread_fault_ready;
 
-/// Whether this architecture has the recovery primitives (x86-64 only, for now).
-#if defined(__x86_64__)
-inline constexpr bool kFaultRecovery = true;
-#else
-inline constexpr bool kFaultRecovery = false;
-#endif
-
-// The bulk primitives (src/arch/x86_64/fault_primitives.S). Declared everywhere so that code
-// naming them compiles on every architecture; only x86-64 defines them, and elsewhere every
-// call is in a discarded `if constexpr (kFaultRecovery)` branch.
+// The bulk primitives (src/arch/<architecture>/fault_primitives.S). Where fault recovery is
+// unsupported, src/arch/unsupported/fault_handler.cpp defines them to abort.
 extern "C" {
 std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
                                 RawFault* fault) noexcept;
@@ -170,57 +168,44 @@ GUESTMEM_ALWAYS_INLINE int require_fault_handler() noexcept {
   return FaultInfo{0, signal, true};
 }
 
-/// Aborts with a message saying fault recovery is not supported on this architecture.
-[[noreturn]] void fault_recovery_unsupported() noexcept;
-
 [[nodiscard]] inline FaultInfo to_fault_info(const RawFault& raw) noexcept {
   return FaultInfo{raw.address, raw.signal};
 }
 
-#if defined(__x86_64__)
 [[nodiscard]] inline FaultInfo to_fault_info(const InlineFault& inline_fault) noexcept {
   return FaultInfo{inline_fault.address, static_cast<int>(inline_fault.signal)};
 }
-#endif
 
 // The primitives without the installation check, for callers that made it once for several
 // accesses (ensure_fault_handler). Preconditions: the handler is installed; otherwise as the
 // public functions below. Where fault recovery is unsupported they abort.
 
 inline FallibleOutcome copy_recovering(void* dst, const void* src, std::size_t len) noexcept {
-  if constexpr (kFaultRecovery) {
-    RawFault raw;
-    // SAFETY: the routine recovers from a fault on any byte of either range (the caller's
-    // precondition), and touches no byte outside them.
-    const std::size_t left = guestmem_fault_copy(dst, src, len, &raw);
-    if (left == 0) [[likely]] {
-      return FallibleOutcome{len, std::nullopt};
-    }
-    return FallibleOutcome{len - left, to_fault_info(raw)};
-  } else {
-    fault_recovery_unsupported();
+  RawFault raw;
+  // SAFETY: the routine recovers from a fault on any byte of either range (the caller's
+  // precondition), and touches no byte outside them.
+  const std::size_t left = guestmem_fault_copy(dst, src, len, &raw);
+  if (left == 0) [[likely]] {
+    return FallibleOutcome{len, std::nullopt};
   }
+  return FallibleOutcome{len - left, to_fault_info(raw)};
 }
 
 inline FallibleOutcome fill_recovering(void* dst, std::uint8_t byte, std::size_t len) noexcept {
-  if constexpr (kFaultRecovery) {
-    RawFault raw;
-    // SAFETY: as in copy_recovering, for the one range.
-    const std::size_t left = guestmem_fault_fill(dst, byte, len, &raw);
-    if (left == 0) [[likely]] {
-      return FallibleOutcome{len, std::nullopt};
-    }
-    return FallibleOutcome{len - left, to_fault_info(raw)};
-  } else {
-    fault_recovery_unsupported();
+  RawFault raw;
+  // SAFETY: as in copy_recovering, for the one range.
+  const std::size_t left = guestmem_fault_fill(dst, byte, len, &raw);
+  if (left == 0) [[likely]] {
+    return FallibleOutcome{len, std::nullopt};
   }
+  return FallibleOutcome{len - left, to_fault_info(raw)};
 }
 
-// The single accesses are inline on x86-64 (detail/fault_x86_64.hpp): one instruction, no call.
+// The single accesses are inline (the architecture's header): one instruction and no call for
+// an aligned access.
 
 template <AtomicAccess T>
-std::expected<T, FaultInfo> load_recovering([[maybe_unused]] const void* src) noexcept {
-#if defined(__x86_64__)
+std::expected<T, FaultInfo> load_recovering(const void* src) noexcept {
   using U = std::make_unsigned_t<T>;
   InlineFault fault;
   // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
@@ -229,15 +214,10 @@ std::expected<T, FaultInfo> load_recovering([[maybe_unused]] const void* src) no
     return static_cast<T>(value);
   }
   return std::unexpected(to_fault_info(fault));
-#else
-  fault_recovery_unsupported();
-#endif
 }
 
 template <AtomicAccess T>
-std::expected<void, FaultInfo> store_recovering([[maybe_unused]] void* dst,
-                                                [[maybe_unused]] T value) noexcept {
-#if defined(__x86_64__)
+std::expected<void, FaultInfo> store_recovering(void* dst, T value) noexcept {
   InlineFault fault;
   // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
   inline_store(dst, static_cast<std::make_unsigned_t<T>>(value), fault);
@@ -245,15 +225,10 @@ std::expected<void, FaultInfo> store_recovering([[maybe_unused]] void* dst,
     return {};
   }
   return std::unexpected(to_fault_info(fault));
-#else
-  fault_recovery_unsupported();
-#endif
 }
 
 template <AtomicAccess T>
-std::expected<void, FaultInfo> store_seq_cst_recovering([[maybe_unused]] void* dst,
-                                                        [[maybe_unused]] T value) noexcept {
-#if defined(__x86_64__)
+std::expected<void, FaultInfo> store_seq_cst_recovering(void* dst, T value) noexcept {
   InlineFault fault;
   // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
   inline_exchange(dst, static_cast<std::make_unsigned_t<T>>(value), fault);
@@ -261,16 +236,11 @@ std::expected<void, FaultInfo> store_seq_cst_recovering([[maybe_unused]] void* d
     return {};
   }
   return std::unexpected(to_fault_info(fault));
-#else
-  fault_recovery_unsupported();
-#endif
 }
 
 template <AtomicAccess T>
-std::expected<T, FaultInfo> compare_exchange_recovering([[maybe_unused]] void* dst,
-                                                        [[maybe_unused]] T expected,
-                                                        [[maybe_unused]] T desired) noexcept {
-#if defined(__x86_64__)
+std::expected<T, FaultInfo> compare_exchange_recovering(void* dst, T expected,
+                                                        T desired) noexcept {
   using U = std::make_unsigned_t<T>;
   InlineFault fault;
   // SAFETY: the access recovers from a fault on these bytes (the caller's precondition).
@@ -280,9 +250,6 @@ std::expected<T, FaultInfo> compare_exchange_recovering([[maybe_unused]] void* d
     return static_cast<T>(found);
   }
   return std::unexpected(to_fault_info(fault));
-#else
-  fault_recovery_unsupported();
-#endif
 }
 
 }  // namespace detail
@@ -318,8 +285,9 @@ inline FallibleOutcome fallible_fill(void* dst, std::uint8_t byte, std::size_t l
 }
 
 /// Loads the `T` at `src` with one instruction (never torn when `src` is aligned to sizeof(T)),
-/// inline: no call.
-/// Ordering: as a std::memory_order_seq_cst load (on x86-64 every load is one).
+/// inline: no call (on aarch64 an unaligned load is a call that copies the bytes).
+/// Ordering: as a std::memory_order_seq_cst load (on x86-64 every load is one; aarch64 uses
+/// a load-acquire, ldar).
 /// Errors: the fault, when the load faulted; its address is the first byte that faulted (`src`
 /// itself unless an unaligned load crosses into a page that faults). A fault with `blocked`
 /// set when the calling thread blocks SIGSEGV or SIGBUS (nothing was loaded). Never stops
@@ -347,8 +315,9 @@ inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcep
   return detail::store_recovering(dst, value);
 }
 
-/// Stores `value` at `dst` with one sequentially consistent instruction (an implicitly locked
-/// exchange), never torn when `dst` is aligned, inline.
+/// Stores `value` at `dst` with one sequentially consistent instruction (on x86-64 an
+/// implicitly locked exchange, on aarch64 a store-release, stlr), never torn when `dst` is
+/// aligned, inline.
 /// Errors, stopping short, validity and preconditions: as fallible_store.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value) noexcept {
@@ -359,11 +328,12 @@ inline std::expected<void, FaultInfo> fallible_store_seq_cst(void* dst, T value)
 }
 
 /// Atomically replaces the `T` at `dst` with `desired` if it equals `expected`, with one
-/// sequentially consistent read-modify-write instruction, inline.
+/// sequentially consistent read-modify-write instruction (on aarch64 a load-acquire and
+/// store-release exclusive pair), inline.
 /// Returns the value found: the exchange happened iff it equals `expected`.
 /// Errors: the fault, when the access faulted (then nothing was stored); a read-only page
-/// faults even when the values differ, because the instruction always writes; or refused as
-/// in fallible_load. Never stops short. Validity: nothing is retained.
+/// faults even when the values differ, because the access always writes (the value found,
+/// when it differs); or refused as in fallible_load. Never stops short. Validity: nothing is retained.
 /// Preconditions: as fallible_copy, and `dst` is aligned to sizeof(T) (an unaligned locked
 /// access may split across cache lines, which x86-64 makes slow and other CPUs refuse).
 template <AtomicAccess T>

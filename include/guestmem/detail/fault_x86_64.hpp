@@ -1,24 +1,16 @@
-// guestmem: fault-tolerant single accesses on x86-64, inlined, and the fault tables that let
-// the fault handler recognise them.
+// guestmem: fault-tolerant single accesses on x86-64, inlined, with their fault table entries
+// (detail/fault_table.hpp). guestmem/fault.hpp includes this header on x86-64 only.
 //
 // An access is one inline `asm` statement in the style of the Linux kernel's exception table
 // (_ASM_EXTABLE, get_user): its memory instruction has a label, and the statement adds an
 // entry for it to the section `guestmem_extable`: where the instruction is, and where to resume
-// after it. When the instruction faults, the handler (src/arch/x86_64/fault_handler.cpp) finds
-// the entry, puts the signal number in r11 and the faulting address (si_addr) in r10, and
-// resumes after the instruction. The statement binds r11 as an in/out operand that is 0 on
-// entry and r10 as an output, so the fast path is the instruction and one test of r11, with
-// no call. The bulk routines of fault_primitives.S list their instructions in the same table
-// and receive a fault in the same two registers.
-//
-// Rules:
-// - Each linked object (the executable, each shared library) has one table, bounded by the
-//   linker's __start_guestmem_extable and __stop_guestmem_extable, which are hidden so that
-//   every object sees its own. `fault_table_registered` hands the table to the handler once per
-//   object, during the object's static initialisation (docs/DESIGN.md, "Fault-tolerant
-//   access", says which accesses that leaves out).
-// - The handler recognises an instruction only through an entry; nothing here handles a fault
-//   itself.
+// after it. When the instruction faults, the handler (src/arch/fault_handler.cpp, with
+// src/arch/x86_64/fault_context.cpp) finds the entry, puts the signal number in r11 and the
+// faulting address (si_addr) in r10, and resumes after the instruction. The statement binds
+// r11 as an in/out operand that is 0 on entry and r10 as an output, so the fast path is the
+// instruction and one test of r11, with no call. The bulk routines of
+// src/arch/x86_64/fault_primitives.S list their instructions in the same table and receive a
+// fault in the same two registers.
 //
 //   InlineFault fault;
 //   const auto value = inline_load<std::uint64_t>(guest_pointer, fault);
@@ -28,46 +20,12 @@
 #include <cstdint>
 
 #include "guestmem/detail/config.hpp"
+#include "guestmem/detail/fault_table.hpp"
 
 namespace guestmem::detail {
 
-/// One entry of a fault table: an instruction that may fault, and where to resume when it
-/// does. Each field holds the distance from its own address to its target, so a table needs
-/// no relocation when its object is loaded at any address (PIE executables, shared objects).
-struct FaultTableEntry {
-  std::int32_t instruction;
-  std::int32_t recovery;
-};
-
-/// The address a field of a FaultTableEntry points to.
-[[nodiscard]] inline std::uintptr_t fault_table_target(const std::int32_t& field) noexcept {
-  return reinterpret_cast<std::uintptr_t>(&field) +
-         static_cast<std::uintptr_t>(static_cast<std::intptr_t>(field));
-}
-
-// The bounds of the fault table of the object this code is linked into: the linker defines
-// __start_NAME and __stop_NAME for a section whose name is a C identifier. Hidden, so that each
-// object resolves them to its own table; weak, so that an object without entries still links
-// (both are then null).
-[[gnu::visibility("hidden"), gnu::weak]] extern const FaultTableEntry fault_table_begin[] asm(
-    "__start_guestmem_extable");
-[[gnu::visibility("hidden"), gnu::weak]] extern const FaultTableEntry fault_table_end[] asm(
-    "__stop_guestmem_extable");
-
-/// Makes the fault table [begin, end) of one linked object known to the fault handler, and
-/// keeps that object loaded for the rest of the process (a dlclose would unmap a table the
-/// handler may read at any time). An empty table, and the table of the object that contains
-/// the handler (which it reads directly), are ignored, as is a table registered before.
-/// Returns true.
-/// Errors: none; aborts when more objects register than the handler has room for (64).
-/// Concurrency: thread-safe, but not async-signal-safe; called from static initialisers.
-bool register_fault_table(const FaultTableEntry* begin, const FaultTableEntry* end) noexcept;
-
-/// Registers this object's table during its static initialisation. An inline variable is
-/// initialised once per linked object however many translation units include this header;
-/// hidden, so that a shared library's registration is not merged with the executable's.
-[[gnu::visibility("hidden")]] inline const bool fault_table_registered =
-    register_fault_table(fault_table_begin, fault_table_end);
+/// This architecture has the recovery primitives.
+inline constexpr bool kFaultRecovery = true;
 
 // The assembly of one access that may fault: `access` is the instruction, written
 // "{AT&T|Intel}" so that code compiled with -masm=intel assembles too. The entry goes into
@@ -87,13 +45,6 @@ bool register_fault_table(const FaultTableEntry* begin, const FaultTableEntry* e
   ".long .Lguestmem_access%= - .\n\t"                                              \
   ".long .Lguestmem_resume%= - .\n\t"                                              \
   ".popsection"
-
-/// What an inline access met: `signal` is 0 when the access was done; otherwise it is SIGSEGV
-/// or SIGBUS, nothing was stored, and `address` is the first byte that faulted.
-struct InlineFault {
-  std::uint64_t signal;
-  std::uintptr_t address;
-};
 
 // The accesses. U is an unsigned integer of 1, 2, 4 or 8 bytes; the pointer need not be
 // aligned (an aligned access is never torn). Each is one instruction and a compiler barrier

@@ -1,18 +1,22 @@
 // guestmem: the SIGSEGV/SIGBUS handler and the one fixup function behind the fault-tolerant
-// primitives: the copy and fill of fault_primitives.S and the inline single accesses of
-// include/guestmem/detail/fault_x86_64.hpp. This file and those two are the only code in
-// guestmem that handles faults.
+// primitives: the copy and fill of src/arch/<architecture>/fault_primitives.S and the inline
+// single accesses of include/guestmem/detail/fault_<architecture>.hpp. The same on every
+// architecture with fault recovery; what differs (which registers hold the program counter and
+// receive the fault) is in src/arch/<architecture>/fault_context.cpp. These files are the only
+// code in guestmem that handles faults.
 //
 // - The handler is installed once, with SA_SIGINFO (it needs si_addr, si_code and the
 //   ucontext) and SA_ONSTACK (a thread that overflowed its stack can only run a handler on an
 //   alternate stack, and the handler it chains to may need that).
-// - It recovers only from kernel-generated faults (si_code > 0) whose RIP is an instruction
-//   listed in a fault table: the table of the object this file is linked into, read directly,
-//   or one registered by another object (register_fault_table). A signal sent with
-//   kill/sigqueue/tgkill (si_code <= 0) is never a fault of ours, wherever the thread was.
-// - Recovering means: RIP = the entry's recovery address, r10 = si_addr, r11 = the signal.
-//   The fault details travel in the interrupted context's registers, so the handler writes no
-//   memory but the kernel's ucontext: no TLS slot, no lock, no allocation.
+// - It recovers only from kernel-generated faults (si_code > 0) whose program counter (RIP,
+//   PC) is an instruction listed in a fault table: the table of the object this file is linked
+//   into, read directly, or one registered by another object (register_fault_table). A signal
+//   sent with kill/sigqueue/tgkill (si_code <= 0) is never a fault of ours, wherever the
+//   thread was.
+// - Recovering means: program counter = the entry's recovery address, and si_addr and the
+//   signal in two scratch registers (r10 and r11 on x86-64, x16 and x17 on aarch64). The fault
+//   details travel in the interrupted context's registers, so the handler writes no memory but
+//   the kernel's ucontext: no TLS slot, no lock, no allocation.
 // - Anything else goes to the action installed before guestmem's: its sa_sigaction (with
 //   SA_SIGINFO) or sa_handler, called as the kernel would have called it: with the
 //   interrupted thread's mask plus the action's sa_mask, plus the signal unless SA_NODEFER,
@@ -44,6 +48,7 @@
 #include <initializer_list>
 #include <mutex>
 
+#include "fault_context.hpp"
 #include "guestmem/fault.hpp"
 
 namespace guestmem {
@@ -52,10 +57,6 @@ namespace detail {
 std::atomic<bool> fault_handler_ready{false};
 [[gnu::tls_model("initial-exec")]] constinit thread_local std::atomic<bool> thread_fault_ready{
     false};
-
-extern "C" {
-[[gnu::visibility("hidden")]] extern std::uint8_t guestmem_fault_copy_avx2;
-}
 
 namespace {
 
@@ -86,29 +87,29 @@ constinit std::array<RegisteredTable, kMaxRegisteredTables> registered_tables;
 constinit std::atomic<std::size_t> registered_count{0};
 constinit std::mutex registration_mutex;
 
-// The entry for the instruction at `rip` in [begin, end), or null. A linear search: it runs
+// The entry for the instruction at `pc` in [begin, end), or null. A linear search: it runs
 // only for a fault, and a table holds one entry per faulting instruction emitted.
 const FaultTableEntry* find_entry(const FaultTableEntry* begin, const FaultTableEntry* end,
-                                  std::uintptr_t rip) noexcept {
+                                  std::uintptr_t pc) noexcept {
   // SAFETY: [begin, end) is a whole fault table of an object that stays loaded (this one, or
   // one pinned by register_fault_table), in read-only data.
   for (const FaultTableEntry* entry = begin; entry != end; ++entry) {
-    if (fault_table_target(entry->instruction) == rip) {
+    if (fault_table_target(entry->instruction) == pc) {
       return entry;
     }
   }
   return nullptr;
 }
 
-const FaultTableEntry* find_entry(std::uintptr_t rip) noexcept {
-  if (const FaultTableEntry* entry = find_entry(fault_table_begin, fault_table_end, rip)) {
+const FaultTableEntry* find_entry(std::uintptr_t pc) noexcept {
+  if (const FaultTableEntry* entry = find_entry(fault_table_begin, fault_table_end, pc)) {
     return entry;
   }
   const std::size_t count = registered_count.load(std::memory_order_acquire);
   for (std::size_t i = 0; i < count; ++i) {
     const RegisteredTable& table = registered_tables[i];
     const FaultTableEntry* entry = find_entry(table.begin.load(std::memory_order_relaxed),
-                                              table.end.load(std::memory_order_relaxed), rip);
+                                              table.end.load(std::memory_order_relaxed), pc);
     if (entry != nullptr) {
       return entry;
     }
@@ -116,19 +117,18 @@ const FaultTableEntry* find_entry(std::uintptr_t rip) noexcept {
   return nullptr;
 }
 
-// The fixup function: if `rip` is a listed instruction, moves the context to its recovery
-// address with the fault's details in r10 and r11 and returns true.
+// The fixup function: if the faulting instruction is a listed one, moves the context to its
+// recovery address with the fault's details in the architecture's two registers and returns
+// true. The address is si_addr on every architecture. (On aarch64 the context's
+// uc_mcontext.fault_address holds the same address under a real kernel, but qemu-user leaves
+// the previous fault's address there for a SIGBUS from a truncated file.)
 bool fixup(ucontext_t& context, const siginfo_t& info, int signal) noexcept {
-  greg_t* registers = context.uc_mcontext.gregs;
-  const FaultTableEntry* entry = find_entry(static_cast<std::uintptr_t>(registers[REG_RIP]));
+  const FaultTableEntry* entry = find_entry(faulting_instruction(context));
   if (entry == nullptr) {
     return false;
   }
-  // SAFETY: the kernel's ucontext of the interrupted thread; the code at the recovery address
-  // reads r10 and r11 and needs no other register changed.
-  registers[REG_RIP] = static_cast<greg_t>(fault_table_target(entry->recovery));
-  registers[REG_R10] = static_cast<greg_t>(reinterpret_cast<std::uintptr_t>(info.si_addr));
-  registers[REG_R11] = signal;
+  resume_at(context, fault_table_target(entry->recovery),
+            reinterpret_cast<std::uintptr_t>(info.si_addr), signal);
   return true;
 }
 
@@ -225,8 +225,7 @@ int install_once() noexcept {
       sigaction(SIGBUS, nullptr, &previous_bus) != 0) {
     return errno;
   }
-  __builtin_cpu_init();
-  guestmem_fault_copy_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+  prepare_fault_primitives();
   struct sigaction action = {};
   action.sa_sigaction = handle_fault;
   action.sa_flags = SA_SIGINFO | SA_ONSTACK;
