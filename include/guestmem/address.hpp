@@ -156,10 +156,10 @@ struct MemoryRegionAddress : detail::AddressBase<MemoryRegionAddress> {
 };
 
 /// "0x" followed by the lowercase hexadecimal raw value, for example "0x1200".
-std::string to_string(GuestAddress address);
-std::string to_string(MemoryRegionAddress address);
-std::ostream& operator<<(std::ostream& out, GuestAddress address);
-std::ostream& operator<<(std::ostream& out, MemoryRegionAddress address);
+GUESTMEM_API std::string to_string(GuestAddress address);
+GUESTMEM_API std::string to_string(MemoryRegionAddress address);
+GUESTMEM_API std::ostream& operator<<(std::ostream& out, GuestAddress address);
+GUESTMEM_API std::ostream& operator<<(std::ostream& out, MemoryRegionAddress address);
 
 }  // namespace guestmem
 

@@ -78,8 +78,8 @@ namespace detail {
 
 // The slow path of set_bits: sets `mask` in word `w` (one atomic operation), then the word's
 // summary bit when it is clear (one more, about once per word per round).
-void set_bits_slow(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t w,
-                   std::uint64_t mask) noexcept;
+GUESTMEM_API void set_bits_slow(std::atomic<std::uint64_t>* words, std::size_t pages,
+                                std::size_t w, std::uint64_t mask) noexcept;
 
 // The marking protocol (W is a word, S its summary word). No write returns while its word's
 // summary bit may be clear: one whose fetch_or found the word already non-zero, or whose load
@@ -127,8 +127,8 @@ GUESTMEM_ALWAYS_INLINE void set_bits(std::atomic<std::uint64_t>* words, std::siz
 
 // The pages first..last span several words (a write of more than 64 pages, or across a
 // word boundary): out of line.
-void mark_words(std::atomic<std::uint64_t>* words, std::size_t pages, std::size_t first,
-                std::size_t last) noexcept;
+GUESTMEM_API void mark_words(std::atomic<std::uint64_t>* words, std::size_t pages,
+                             std::size_t first, std::size_t last) noexcept;
 
 // The last page of the pages [offset, offset + len) touch, for len > 0 and a first page below
 // `pages`: clipped to the last page, and the last page too when offset + len passes 2^64 (a
@@ -215,7 +215,7 @@ class AtomicBitmapSlice {
 /// One dirty bit per page of a memory of `len()` bytes. Moves, never copies. Every member
 /// function may be called concurrently with every other, from any thread; all of them are
 /// const because the bits are atomics that views of the memory share.
-class AtomicBitmap {
+class GUESTMEM_API AtomicBitmap {
  public:
   using slice_type = AtomicBitmapSlice;
 

@@ -19,6 +19,8 @@
 #include <concepts>
 #include <cstddef>
 
+#include "guestmem/detail/export.hpp"
+
 namespace guestmem {
 
 /// A bitmap seen from an offset. Cheap to copy; marks through a slice are relative to it. A
@@ -49,7 +51,9 @@ concept NewBitmap = Bitmap<B> && requires(std::size_t len) {
 };
 
 /// No tracking, no cost.
-struct NoBitmap {
+// Exported because a shared library hides what a template instantiates with a hidden type:
+// without it the snapshot library's functions for GuestMemoryMmap<NoBitmap> would be hidden.
+struct GUESTMEM_API NoBitmap {
   using slice_type = NoBitmap;
 
   static constexpr NoBitmap with_len(std::size_t /*len*/) noexcept { return {}; }

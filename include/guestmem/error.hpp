@@ -201,11 +201,11 @@ enum class ErrorCode : std::uint8_t {
 };
 
 /// The enumerator's name, for example "PartialBuffer".
-std::string_view to_string(ErrorCode code) noexcept;
-std::ostream& operator<<(std::ostream& out, ErrorCode code);
+GUESTMEM_API std::string_view to_string(ErrorCode code) noexcept;
+GUESTMEM_API std::ostream& operator<<(std::ostream& out, ErrorCode code);
 
 /// An error value. See the table at the top of this header for the fields of each code.
-class [[nodiscard]] Error {
+class [[nodiscard]] GUESTMEM_API Error {
  public:
   constexpr explicit Error(ErrorCode code) noexcept : code_(code) {}
 
@@ -403,8 +403,8 @@ template <class T>
 using Result = std::expected<T, Error>;
 
 /// `error.message()`.
-std::string to_string(const Error& error);
-std::ostream& operator<<(std::ostream& out, const Error& error);
+GUESTMEM_API std::string to_string(const Error& error);
+GUESTMEM_API std::ostream& operator<<(std::ostream& out, const Error& error);
 
 }  // namespace guestmem
 

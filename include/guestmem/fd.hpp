@@ -10,9 +10,11 @@
 
 #include <utility>
 
+#include "guestmem/detail/export.hpp"
+
 namespace guestmem {
 
-class UniqueFd {
+class GUESTMEM_API UniqueFd {
  public:
   constexpr UniqueFd() noexcept = default;
   /// Takes ownership of `fd` (a negative value means "none").

@@ -27,7 +27,7 @@ namespace guestmem {
 
 /// A file descriptor used for transfers; not owned.
 /// Validity: the descriptor must stay open while the object is used.
-class BorrowedFd {
+class GUESTMEM_API BorrowedFd {
  public:
   constexpr explicit BorrowedFd(int fd) noexcept : fd_(fd) {}
   constexpr explicit BorrowedFd(const UniqueFd& fd) noexcept : fd_(fd.get()) {}

@@ -99,7 +99,7 @@ struct IotlbFails {
 ///
 /// Concurrency: none; const calls may run concurrently, any other call needs exclusive access
 /// (`Iommu` provides the locking).
-class Iotlb {
+class GUESTMEM_API Iotlb {
  public:
   Iotlb() = default;
 
@@ -172,7 +172,7 @@ class Iotlb {
 /// is never a host memory error). A back end that must not touch a page once it has
 /// acknowledged its invalidation stops its queue workers first, as Linux vhost does by taking
 /// every virtqueue's lock.
-class Iommu {
+class GUESTMEM_API Iommu {
  public:
   /// Called on a failed lookup with the failed parts and the access. It must be safe to call
   /// from several threads at once and must not throw; it may call any member of `iommu`,

@@ -53,10 +53,10 @@ namespace guestmem {
 /// KVM_CHECK_EXTENSION on `fd`: the KVM device (what KVM supports) or a VM (what that VM
 /// supports, which may differ). Returns the capability's value; 0 means absent.
 /// Errors: KvmIoctlFailed (request KVM_CHECK_EXTENSION, argument `cap`) with errno.
-Result<int> kvm_check_extension(BorrowedFd fd, unsigned long cap);
+GUESTMEM_API Result<int> kvm_check_extension(BorrowedFd fd, unsigned long cap);
 
 /// The KVM device. Moves, never copies; closes the device when destroyed.
-class KvmSystem {
+class GUESTMEM_API KvmSystem {
  public:
   /// Opens the KVM device at `path` (read-write, close-on-exec) and checks its API version.
   /// Errors: KvmUnavailable with the errno of open (ENOENT: no such device; EACCES, EPERM:
@@ -121,7 +121,7 @@ struct KvmSyncStats {
 /// The memory slots of one VM, kept equal to a guest memory map. Moves, never copies.
 /// Concurrency: one thread at a time (the VMM's memory thread); the guest may run
 /// meanwhile, and devices may keep writing to the memory.
-class KvmMemorySlots {
+class GUESTMEM_API KvmMemorySlots {
  public:
   /// Slots for the VM `vm_fd`, which this object keeps open (a duplicate descriptor) so that
   /// it can delete its slots when destroyed, whatever the VMM closes first. Queries the slot
@@ -241,7 +241,7 @@ struct KvmDirtyPage {
 /// Concurrency: one harvester per ring, concurrent with the vCPU; reset() once every ring
 /// has been harvested. A vCPU whose ring is full exits with KVM_EXIT_DIRTY_RING_FULL until
 /// the VMM harvests and resets.
-class KvmDirtyRing {
+class GUESTMEM_API KvmDirtyRing {
  public:
   /// Enables dirty rings of `bytes` bytes per vCPU on the VM `vm_fd` (KVM_ENABLE_CAP), with
   /// acquire/release ordering (KVM_CAP_DIRTY_LOG_RING_ACQ_REL) where KVM offers it. Must

@@ -48,7 +48,7 @@ struct ArenaMapping {
   friend constexpr bool operator==(const ArenaMapping&, const ArenaMapping&) noexcept = default;
 };
 
-class MappingArena {
+class GUESTMEM_API MappingArena {
  public:
   /// Reserves `size` bytes of address space, all of it an inaccessible hole.
   /// Errors: NotPageAligned(size, page size); MappingFailed(errno) (size 0 fails with EINVAL).

@@ -108,13 +108,13 @@ enum class SwapReservation : std::uint8_t {
 
 /// The size of the lines that `MmapRegion::flush_region` writes back, read from the CPU
 /// once (CPUID on x86-64, CTR_EL0 on aarch64; sysconf elsewhere, and 64 if that is unknown).
-[[nodiscard]] std::size_t cache_line_size() noexcept;
+[[nodiscard]] GUESTMEM_API std::size_t cache_line_size() noexcept;
 
 namespace detail {
 
 /// The mmap itself, without the bitmap: everything here is independent of the bitmap type,
 /// so it is compiled once in src/mmap_region.cpp.
-class Mapping {
+class GUESTMEM_API Mapping {
  public:
   struct Options {
     std::size_t size = 0;
@@ -225,11 +225,12 @@ class Mapping {
 };
 
 /// The host page size, read from the system once.
-[[nodiscard]] std::size_t page_size() noexcept;
+[[nodiscard]] GUESTMEM_API std::size_t page_size() noexcept;
 
 /// Checks that the file `fd` holds [start, start + size) when its size is known (regular
 /// files, memfds, block devices). Errors: InvalidOffsetLength, MappingPastEof.
-[[nodiscard]] Result<void> check_file_range(int fd, std::uint64_t start, std::size_t size);
+[[nodiscard]] GUESTMEM_API Result<void> check_file_range(int fd, std::uint64_t start,
+                                                       std::size_t size);
 
 /// One store of `value` that the compiler neither drops, merges nor splits, and that other
 /// threads see whole (a relaxed atomic store through a volatile pointer).

@@ -55,7 +55,7 @@ enum class Seal : unsigned {
 /// A memfd. Moves, never copies (a moved-from object must not be used); the descriptor is
 /// shared with the mappings made from it and closed when the last of them and this object
 /// are gone.
-class SharedMemory {
+class GUESTMEM_API SharedMemory {
  public:
   /// A new memfd named `name` (shown in /proc/<pid>/maps as "/memfd:<name>") of `size`
   /// zero bytes, close-on-exec, with sealing allowed.

@@ -100,15 +100,15 @@ inline constexpr std::uint64_t kSnapshotChunkSize = std::uint64_t{1} << 20;
 /// Concurrency: nothing may write the memory during the call (pause the vCPUs and devices);
 /// a page written meanwhile may make the file fail its checksums.
 template <Bitmap B>
-Result<SnapshotId> save_snapshot(const GuestMemoryMmap<B>& mem, BorrowedFd out);
+GUESTMEM_API Result<SnapshotId> save_snapshot(const GuestMemoryMmap<B>& mem, BorrowedFd out);
 
 /// Saves into `out` (as save_snapshot) only the pages whose dirty bits are set, taking the
 /// bits (get_and_reset), as a diff that applies onto the snapshot `base`. Dirty pages of
 /// zeros are holes in the file but still part of the diff. Returns the diff's id.
 /// Errors and concurrency: as save_snapshot. A page written during the call is either in
 /// this diff or has its bit set again for the next one.
-Result<SnapshotId> save_snapshot_diff(const GuestMemoryMmap<AtomicBitmap>& mem,
-                                      const SnapshotId& base, BorrowedFd out);
+GUESTMEM_API Result<SnapshotId> save_snapshot_diff(const GuestMemoryMmap<AtomicBitmap>& mem,
+                                                   const SnapshotId& base, BorrowedFd out);
 
 /// A new memory with the layout and contents of the full snapshot in `in`.
 /// Eager: anonymous memory, filled with pread and verified chunk by chunk; returned only
@@ -120,7 +120,7 @@ Result<SnapshotId> save_snapshot_diff(const GuestMemoryMmap<AtomicBitmap>& mem,
 /// mode a chunk: its number and offset); SnapshotTruncated; SnapshotWrongBase (the file is
 /// a diff); the mapping errors of MmapRegionBuilder (MappingFailed, ...).
 template <Bitmap B = NoBitmap>
-Result<GuestMemoryMmap<B>> restore_snapshot(BorrowedFd in, RestoreMode mode);
+GUESTMEM_API Result<GuestMemoryMmap<B>> restore_snapshot(BorrowedFd in, RestoreMode mode);
 
 /// Applies the diff in `diff` onto `mem`, which must hold the snapshot `expected_base` and
 /// have the diff's layout. Every chunk is verified before any byte of `mem` changes; the
@@ -132,19 +132,19 @@ Result<GuestMemoryMmap<B>> restore_snapshot(BorrowedFd in, RestoreMode mode);
 /// hits the second pass (then the error is IoError and part of the diff is applied).
 /// Concurrency: nothing else may access the pages the diff writes during the call.
 template <Bitmap B>
-Result<void> apply_snapshot_diff(const GuestMemoryMmap<B>& mem, BorrowedFd diff,
-                                 const SnapshotId& expected_base);
+GUESTMEM_API Result<void> apply_snapshot_diff(const GuestMemoryMmap<B>& mem, BorrowedFd diff,
+                                              const SnapshotId& expected_base);
 
 /// The header of the snapshot (or diff) in `in`, verified (checksum, layout, file size).
 /// Errors: IoError(errno); SnapshotUnsupported; SnapshotCorrupt (chunk 0);
 /// SnapshotTruncated.
-Result<SnapshotInfo> read_snapshot_info(BorrowedFd in);
+GUESTMEM_API Result<SnapshotInfo> read_snapshot_info(BorrowedFd in);
 
 /// Reads the whole snapshot in `in` and checks every chunk's checksum, and that the pages
 /// the file does not hold read as zeros (what a lazy restore would show). Costs one read of
 /// the file (holes included).
 /// Errors: as read_snapshot_info, plus SnapshotCorrupt for the first bad chunk.
-Result<void> verify_snapshot(BorrowedFd in);
+GUESTMEM_API Result<void> verify_snapshot(BorrowedFd in);
 
 extern template Result<SnapshotId> save_snapshot(const GuestMemoryMmap<NoBitmap>&, BorrowedFd);
 extern template Result<SnapshotId> save_snapshot(const GuestMemoryMmap<AtomicBitmap>&,

@@ -26,14 +26,14 @@ namespace guestmem::detail {
 /// True once membarrier is registered for this process; light fences are then compiler
 /// barriers. Set once, by enable_asymmetric_fences(), before the objects that rely on it are
 /// shared with other threads.
-extern std::atomic<bool> g_light_fence_is_free;
+GUESTMEM_API extern std::atomic<bool> g_light_fence_is_free;
 
 /// Registers the process for expedited membarriers (idempotent, thread-safe). Called by the
 /// constructors of the types that use asymmetric fences.
-void enable_asymmetric_fences() noexcept;
+GUESTMEM_API void enable_asymmetric_fences() noexcept;
 
 #if defined(GUESTMEM_TSAN)
-extern std::atomic<std::uint64_t> g_tsan_fence_word;
+GUESTMEM_API extern std::atomic<std::uint64_t> g_tsan_fence_word;
 #endif
 
 /// The frequent side: a compiler barrier, or a full fence without membarrier.
@@ -50,6 +50,6 @@ GUESTMEM_ALWAYS_INLINE void light_fence() noexcept {
 }
 
 /// The rare side: a full barrier on every running thread of the process (a system call).
-void heavy_fence() noexcept;
+GUESTMEM_API void heavy_fence() noexcept;
 
 }  // namespace guestmem::detail

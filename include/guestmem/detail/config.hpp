@@ -13,6 +13,8 @@
 #endif
 #endif
 
+#include "guestmem/detail/export.hpp"
+
 /// For the few functions on the per-access fast path whose inlining the measured
 /// performance depends on (see docs/PERFORMANCE.md).
 #define GUESTMEM_ALWAYS_INLINE [[gnu::always_inline]] inline
@@ -20,8 +22,8 @@
 namespace guestmem::detail {
 
 /// Prints the failed condition with its location and message to stderr, then aborts.
-[[noreturn]] void assertion_failed(const char* condition, const char* file, int line,
-                                   const char* message) noexcept;
+[[noreturn]] GUESTMEM_API void assertion_failed(const char* condition, const char* file,
+                                                int line, const char* message) noexcept;
 
 }  // namespace guestmem::detail
 

@@ -35,21 +35,21 @@ struct EpochRecord {
 };
 
 // The current epoch (advanced by writers).
-extern std::atomic<std::uint64_t> g_epoch;
+GUESTMEM_API extern std::atomic<std::uint64_t> g_epoch;
 // This thread's record, or null before its first guard and once the thread's exit detached
 // the record (see epoch_register_thread).
-inline thread_local EpochRecord* t_epoch_record = nullptr;
+GUESTMEM_API inline thread_local EpochRecord* t_epoch_record = nullptr;
 
 // Gives the calling thread a record (reusing a released one when it can) and arranges its
 // release at thread exit. The first guard of each thread calls it; it allocates at most once.
 // On a thread whose exit already detached its record, it returns that record while guards
 // hold it, and otherwise a record that the thread's last guard releases.
-[[gnu::noinline]] EpochRecord* epoch_register_thread() noexcept;
+[[gnu::noinline]] GUESTMEM_API EpochRecord* epoch_register_thread() noexcept;
 
 // epoch_exit and epoch_nest for a record that is not t_epoch_record: the calling thread's
 // detached record, or a guard used on the wrong thread (which aborts).
-[[gnu::noinline]] void epoch_exit_detached(EpochRecord* record) noexcept;
-[[gnu::noinline]] void epoch_nest_detached(EpochRecord* record) noexcept;
+[[gnu::noinline]] GUESTMEM_API void epoch_exit_detached(EpochRecord* record) noexcept;
+[[gnu::noinline]] GUESTMEM_API void epoch_nest_detached(EpochRecord* record) noexcept;
 
 // Starts (or nests) a read-side section on this thread and returns its record.
 GUESTMEM_ALWAYS_INLINE EpochRecord* epoch_enter() noexcept {
@@ -92,9 +92,9 @@ GUESTMEM_ALWAYS_INLINE void epoch_nest(EpochRecord* record) noexcept {
 
 // Schedules `deleter(object)` for when no read-side section that could see `object` is
 // left, then frees what it can. Writers call it after unpublishing `object`.
-void epoch_retire(void* object, void (*deleter)(void*));
+GUESTMEM_API void epoch_retire(void* object, void (*deleter)(void*));
 
 // Frees every retired object that no read-side section can see any more.
-void epoch_reclaim();
+GUESTMEM_API void epoch_reclaim();
 
 }  // namespace guestmem::detail

@@ -143,6 +143,6 @@ struct IommuFailure {
   std::optional<Error> error;
 };
 
-inline constinit thread_local IommuFailure last_iommu_failure;
+GUESTMEM_API inline constinit thread_local IommuFailure last_iommu_failure;
 
 }  // namespace guestmem::detail
