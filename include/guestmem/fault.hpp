@@ -303,9 +303,10 @@ inline std::expected<T, FaultInfo> fallible_load(const void* src) noexcept {
 
 /// Stores `value` at `dst` with one instruction (never torn when `dst` is aligned), inline.
 /// Ordering: as a std::memory_order_release store; fallible_store_seq_cst for seq_cst.
-/// Errors: the fault, when the store faulted (then nothing was stored), with its address as
-/// in fallible_load; or refused as in fallible_load. Never stops short. Validity: nothing is
-/// retained.
+/// Errors: the fault, when the store faulted (then nothing was stored, except on aarch64 for
+/// an unaligned `dst`, whose store is a copy: the bytes before the faulting one were stored),
+/// with its address as in fallible_load; or refused as in fallible_load. Never stops short.
+/// Validity: nothing is retained.
 /// Preconditions: as fallible_copy.
 template <AtomicAccess T>
 inline std::expected<void, FaultInfo> fallible_store(void* dst, T value) noexcept {
