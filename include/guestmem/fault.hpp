@@ -99,7 +99,7 @@ struct FallibleOutcome {
 /// Concurrency: thread-safe. A SIGSEGV or SIGBUS handler installed later by someone else
 /// replaces guestmem's; it must chain to the handler it replaced (sigaction's old action), as
 /// guestmem's does, or faults in the primitives will reach it instead.
-Result<void> install_fault_handler();
+GUESTMEM_API Result<void> install_fault_handler();
 
 /// Reads the calling thread's signal mask (one system call) and keeps the verdict for the
 /// thread's later fallible calls: they run when neither SIGSEGV nor SIGBUS is blocked, and
@@ -111,7 +111,7 @@ Result<void> install_fault_handler();
 /// FaultRecoveryUnsupported as install_fault_handler().
 /// Concurrency: concerns the calling thread only. Async-signal-safe once the handler is
 /// installed: it then only calls pthread_sigmask and writes a thread-local flag.
-Result<void> recheck_fault_signals();
+GUESTMEM_API Result<void> recheck_fault_signals();
 
 namespace detail {
 
@@ -122,22 +122,23 @@ struct RawFault {
 };
 
 /// True once the handler is installed; set with release order after it is.
-extern std::atomic<bool> fault_handler_ready;
+GUESTMEM_API extern std::atomic<bool> fault_handler_ready;
 
 /// Per thread: true when the handler is installed and the thread's last check found SIGSEGV
 /// and SIGBUS deliverable (recheck_fault_signals). Only the thread itself and its signal
 /// handlers touch it. Initial-exec TLS: at a fixed offset from the thread pointer, so the fast
 /// path is one load, and the fault handler may clear it (static TLS is never allocated lazily,
 /// as a dynamic TLS block may be on first use).
-[[gnu::tls_model("initial-exec")]] extern constinit thread_local std::atomic<bool>
+[[gnu::tls_model("initial-exec")]] GUESTMEM_API extern constinit thread_local std::atomic<bool>
     thread_fault_ready;
 
 // The bulk primitives (src/arch/<architecture>/fault_primitives.S). Where fault recovery is
 // unsupported, src/arch/unsupported/fault_handler.cpp defines them to abort.
 extern "C" {
-std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
-                                RawFault* fault) noexcept;
-std::size_t guestmem_fault_fill(void* dst, int byte, std::size_t len, RawFault* fault) noexcept;
+GUESTMEM_API std::size_t guestmem_fault_copy(void* dst, const void* src, std::size_t len,
+                                             RawFault* fault) noexcept;
+GUESTMEM_API std::size_t guestmem_fault_fill(void* dst, int byte, std::size_t len,
+                                             RawFault* fault) noexcept;
 }
 
 /// Installs the handler if needed and checks the calling thread's mask unless its verdict is
@@ -155,7 +156,7 @@ GUESTMEM_ALWAYS_INLINE Result<void> ensure_fault_handler() {
 /// As ensure_fault_handler, for the primitives, which have no error to return: returns 0 when
 /// they may run, or the signal the calling thread blocks (then they must refuse); aborts when
 /// the handler cannot be installed.
-[[gnu::noinline]] int require_fault_handler_slow() noexcept;
+[[gnu::noinline]] GUESTMEM_API int require_fault_handler_slow() noexcept;
 GUESTMEM_ALWAYS_INLINE int require_fault_handler() noexcept {
   if (thread_fault_ready.load(std::memory_order_relaxed)) [[likely]] {
     return 0;

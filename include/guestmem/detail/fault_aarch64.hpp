@@ -36,7 +36,8 @@ inline constexpr bool kFaultRecovery = true;
 /// barriers (dmb ish), for an unaligned load or store: `fault.signal` is 0 when all were
 /// copied, otherwise the fault of the first byte that faulted. Defined in
 /// src/arch/aarch64/fault_context.cpp. Preconditions: as the accesses below, for both ranges.
-void unaligned_access(void* dst, const void* src, std::size_t size, InlineFault& fault) noexcept;
+GUESTMEM_API void unaligned_access(void* dst, const void* src, std::size_t size,
+                                  InlineFault& fault) noexcept;
 
 // The entry of one instruction that may fault: label `at`, resuming at `to`. The flags are
 // those of the x86-64 entries: "a" allocated, "o" linked to the instruction's section, "?" in

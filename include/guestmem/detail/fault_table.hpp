@@ -60,7 +60,8 @@ struct FaultTableEntry {
 /// Returns true.
 /// Errors: none; aborts when more objects register than the handler has room for (64).
 /// Concurrency: thread-safe, but not async-signal-safe; called from static initialisers.
-bool register_fault_table(const FaultTableEntry* begin, const FaultTableEntry* end) noexcept;
+GUESTMEM_API bool register_fault_table(const FaultTableEntry* begin,
+                                      const FaultTableEntry* end) noexcept;
 
 /// Registers this object's table during its static initialisation. An inline variable is
 /// initialised once per linked object however many translation units include this header;

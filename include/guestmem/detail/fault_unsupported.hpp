@@ -21,7 +21,7 @@ namespace guestmem::detail {
 inline constexpr bool kFaultRecovery = false;
 
 /// Aborts with a message saying fault recovery is not supported on this architecture.
-[[noreturn]] void fault_recovery_unsupported() noexcept;
+[[noreturn]] GUESTMEM_API void fault_recovery_unsupported() noexcept;
 
 /// What an inline access met, as on the architectures with recovery; never filled in here.
 struct InlineFault {

@@ -18,7 +18,7 @@
 // before the first store, so no byte past the fault is written by a store that came after
 // the fault. (The architecture allows a store that straddles a page boundary and faults on
 // one page to have written its bytes on the other: a faulting store that starts on an
-// inaccessible page may have written the following accessible bytes it covers, up to 15.)
+// inaccessible page may have written the following accessible bytes it covers, up to 31.)
 //
 // Registers
 //   reg     | copy                          | fill
