@@ -68,6 +68,7 @@ class BlkBackend {
   void reset();
 
   /// The front end's memory as currently mapped (for tests and diagnostics).
+  /// Validity: as long as the back end.
   [[nodiscard]] const MemoryMap& memory() const noexcept { return memory_; }
   /// Whether queue `index`'s thread is running.
   [[nodiscard]] bool queue_running(std::uint32_t index) const noexcept;

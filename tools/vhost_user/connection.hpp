@@ -33,7 +33,7 @@ struct Message {
   std::array<std::byte, kMaxPayloadSize> payload{};
   std::vector<UniqueFd> fds;
 
-  /// The payload bytes that arrived.
+  /// The payload bytes that arrived. Validity: as long as the message.
   [[nodiscard]] std::span<const std::byte> body() const noexcept {
     return std::span(payload).first(header.size);
   }

@@ -58,7 +58,8 @@ class MemoryMap {
  public:
   MemoryMap() : space_(FrontEndMemory{}) {}
 
-  /// The published memory. Concurrency: any thread may take snapshots of it.
+  /// The published memory. Concurrency: any thread may take snapshots of it. Validity: as
+  /// long as this MemoryMap; a snapshot keeps its maps alive until it is dropped.
   [[nodiscard]] const GuestMemoryAtomic<FrontEndMemory>& space() const noexcept { return space_; }
 
   /// Replaces the whole table with `regions`, mapping `fds[i]` for `regions[i]`. On failure
