@@ -40,9 +40,11 @@ namespace detail {
 template <class Derived>
 class AddressBase {
  public:
+  /// The raw value's type.
   using value_type = std::uint64_t;
 
   constexpr AddressBase() noexcept = default;
+  /// The address with raw value `value`.
   constexpr explicit AddressBase(value_type value) noexcept : value_(value) {}
 
   /// The raw 64-bit value.
@@ -129,9 +131,11 @@ class AddressBase {
     return *aligned;
   }
 
+  /// Equal when the raw values are.
   friend constexpr bool operator==(const Derived& a, const Derived& b) noexcept {
     return a.raw_value() == b.raw_value();
   }
+  /// Ordered as the raw values.
   friend constexpr std::strong_ordering operator<=>(const Derived& a, const Derived& b) noexcept {
     return a.raw_value() <=> b.raw_value();
   }

@@ -183,6 +183,7 @@ GUESTMEM_ALWAYS_INLINE void mark_pages(std::atomic<std::uint64_t>* words, std::s
 /// Validity: while the bitmap it came from is alive (moving the bitmap keeps it valid).
 class AtomicBitmapSlice {
  public:
+  /// The type of slice_at(): a slice of a slice is a slice.
   using slice_type = AtomicBitmapSlice;
 
   /// The inert placeholder: covers no page, so marks through it do nothing.
@@ -196,6 +197,7 @@ class AtomicBitmapSlice {
   [[nodiscard]] bool dirty_at(std::size_t offset) const noexcept {
     return detail::page_dirty(words_, pages_, shift_, base_ + offset);
   }
+  /// The slice that starts `offset` bytes into this one. Validity: as this slice.
   [[nodiscard]] AtomicBitmapSlice slice_at(std::size_t offset) const noexcept {
     return AtomicBitmapSlice(words_, pages_, shift_, base_ + offset);
   }
@@ -217,8 +219,10 @@ class AtomicBitmapSlice {
 /// const because the bits are atomics that views of the memory share.
 class GUESTMEM_API AtomicBitmap {
  public:
+  /// The type of slice_at(), which views of tracked memory carry.
   using slice_type = AtomicBitmapSlice;
 
+  /// The page size of a bitmap made by with_len().
   static constexpr std::size_t kDefaultPageSize = 4096;
 
   /// A clean bitmap for `len` bytes in pages of `page_size` bytes.
@@ -266,8 +270,11 @@ class GUESTMEM_API AtomicBitmap {
 
   /// The bytes covered.
   [[nodiscard]] std::size_t len() const noexcept { return len_; }
+  /// The bytes one bit covers.
   [[nodiscard]] std::size_t page_size() const noexcept { return std::size_t{1} << shift_; }
+  /// The number of bits: len() divided by page_size(), rounded up.
   [[nodiscard]] std::size_t num_pages() const noexcept { return pages_; }
+  /// The number of 64-bit words the bits take in KVM_GET_DIRTY_LOG's layout (get_and_reset, merge).
   [[nodiscard]] std::size_t num_words() const noexcept { return detail::words_for(pages_); }
 
  private:

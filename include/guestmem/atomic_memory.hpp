@@ -42,10 +42,13 @@ namespace guestmem {
 template <class M>
 class GuestMemoryGuard {
  public:
+  /// Another guard of the same map, on the same thread (aborts on another). Keeps the map alive as
+  /// long as either guard lives.
   GuestMemoryGuard(const GuestMemoryGuard& other) noexcept
       : record_(other.record_), map_(other.map_) {
     detail::epoch_nest(record_);
   }
+  /// Guards the map `other` guards instead; on the thread that made both (aborts otherwise).
   GuestMemoryGuard& operator=(const GuestMemoryGuard& other) noexcept {
     if (this != &other) {
       detail::epoch_nest(other.record_);
@@ -57,8 +60,11 @@ class GuestMemoryGuard {
   }
   ~GuestMemoryGuard() { detail::epoch_exit(record_); }
 
+  /// The map. Validity: while this guard (or a copy of it) lives.
   [[nodiscard]] const M& operator*() const noexcept { return *map_; }
+  /// The map's members. Validity: while this guard (or a copy of it) lives.
   [[nodiscard]] const M* operator->() const noexcept { return map_; }
+  /// The map, never null. Validity: while this guard (or a copy of it) lives.
   [[nodiscard]] const M* get() const noexcept { return map_; }
 
  private:
@@ -148,6 +154,7 @@ class GuestMemoryAtomic {
 template <class M>
 class SharedAddressSpace {
  public:
+  /// The space of `map`, which it shares.
   explicit SharedAddressSpace(std::shared_ptr<const M> map) noexcept : map_(std::move(map)) {}
   /// The map (its shared owner). Validity: as long as the returned pointer is kept.
   [[nodiscard]] std::shared_ptr<const M> memory() const noexcept { return map_; }
@@ -160,6 +167,7 @@ class SharedAddressSpace {
 template <class M>
 class RefAddressSpace {
  public:
+  /// The space of `map`. Preconditions: `map` outlives the space and every pointer from memory().
   explicit RefAddressSpace(const M& map) noexcept : map_(&map) {}
   /// The map. Validity: as long as the map the space was made from.
   [[nodiscard]] const M* memory() const noexcept { return map_; }

@@ -50,15 +50,20 @@ concept NewBitmap = Bitmap<B> && requires(std::size_t len) {
   { B::with_len(len) } -> std::same_as<B>;
 };
 
-/// No tracking, no cost.
 // Exported because a shared library hides what a template instantiates with a hidden type:
 // without it the snapshot library's functions for GuestMemoryMmap<NoBitmap> would be hidden.
+/// No tracking, no cost.
 struct GUESTMEM_API NoBitmap {
+  /// Its slices are NoBitmap too.
   using slice_type = NoBitmap;
 
+  /// The (empty) bitmap of a mapping of any length.
   static constexpr NoBitmap with_len(std::size_t /*len*/) noexcept { return {}; }
+  /// Does nothing: nothing is tracked.
   constexpr void mark_dirty(std::size_t /*offset*/, std::size_t /*len*/) const noexcept {}
+  /// Always false: nothing is tracked.
   [[nodiscard]] constexpr bool dirty_at(std::size_t /*offset*/) const noexcept { return false; }
+  /// Another NoBitmap.
   [[nodiscard]] constexpr NoBitmap slice_at(std::size_t /*offset*/) const noexcept { return {}; }
 };
 
@@ -68,15 +73,20 @@ struct GUESTMEM_API NoBitmap {
 template <class B>
 class BitmapRefSlice {
  public:
+  /// The type of slice_at().
   using slice_type = BitmapRefSlice;
 
   /// The inert placeholder: refers to no bitmap and must not be marked through.
   constexpr BitmapRefSlice() noexcept = default;
+  /// The slice of `bitmap` that starts at byte `base`. Validity: while `bitmap` is alive.
   constexpr BitmapRefSlice(const B& bitmap, std::size_t base) noexcept
       : bitmap_(&bitmap), base_(base) {}
 
+  /// Marks `len` bytes at `offset` (relative to this slice) dirty in the bitmap.
   void mark_dirty(std::size_t offset, std::size_t len) const { bitmap_->mark_dirty(base_ + offset, len); }
+  /// Whether the bitmap holds the byte at `offset` (relative to this slice) dirty.
   [[nodiscard]] bool dirty_at(std::size_t offset) const { return bitmap_->dirty_at(base_ + offset); }
+  /// The slice that starts `offset` bytes into this one.
   [[nodiscard]] BitmapRefSlice slice_at(std::size_t offset) const noexcept {
     return BitmapRefSlice(*bitmap_, base_ + offset);
   }

@@ -26,6 +26,7 @@ class Endian {
   /// The value in the host's byte order.
   [[nodiscard]] constexpr T to_native() const noexcept { return convert(stored_); }
 
+  /// Equal when the stored bytes are equal.
   friend constexpr bool operator==(Endian, Endian) noexcept = default;
 
  private:

@@ -207,26 +207,33 @@ GUESTMEM_API std::ostream& operator<<(std::ostream& out, ErrorCode code);
 /// An error value. See the table at the top of this header for the fields of each code.
 class [[nodiscard]] GUESTMEM_API Error {
  public:
+  /// An error with code `code` and every other field zero.
   constexpr explicit Error(ErrorCode code) noexcept : code_(code) {}
 
+  /// InvalidGuestAddress: no region holds the guest address `address`.
   static constexpr Error invalid_guest_address(GuestAddress address) noexcept {
     return Error(ErrorCode::InvalidGuestAddress).with_address(address.raw_value());
   }
+  /// IoError: a system call failed with `errnum` after `completed` bytes were transferred.
   static constexpr Error io(int errnum, std::uint64_t completed = 0) noexcept {
     Error e(ErrorCode::IoError);
     e.os_error_ = errnum;
     e.completed_ = completed;
     return e;
   }
+  /// PartialBuffer: an all-or-nothing access of `expected` bytes stopped after `completed`.
   static constexpr Error partial_buffer(std::uint64_t expected, std::uint64_t completed) noexcept {
     Error e(ErrorCode::PartialBuffer);
     e.expected_ = expected;
     e.completed_ = completed;
     return e;
   }
+  /// InvalidBackendAddress: `address` (in the container's own address space) is out of range.
   static constexpr Error invalid_backend_address(std::uint64_t address) noexcept {
     return Error(ErrorCode::InvalidBackendAddress).with_address(address);
   }
+  /// CallbackOutOfRange: a transfer callback that was offered `offered` bytes claimed to have
+  /// moved `claimed`.
   static constexpr Error callback_out_of_range(std::uint64_t offered,
                                                std::uint64_t claimed) noexcept {
     Error e(ErrorCode::CallbackOutOfRange);
@@ -234,12 +241,14 @@ class [[nodiscard]] GUESTMEM_API Error {
     e.expected_ = claimed;
     return e;
   }
+  /// GuestAddressOverflow: advancing past `address` with `remaining` bytes left wraps around 2^64.
   static constexpr Error guest_address_overflow(std::uint64_t address,
                                                 std::uint64_t remaining) noexcept {
     Error e = Error(ErrorCode::GuestAddressOverflow).with_address(address);
     e.length_ = remaining;
     return e;
   }
+  /// OutOfBounds: `length` bytes at `offset` do not fit in a view of `view_size` bytes.
   static constexpr Error out_of_bounds(std::uint64_t offset, std::uint64_t length,
                                        std::uint64_t view_size) noexcept {
     Error e = Error(ErrorCode::OutOfBounds).with_address(offset);
@@ -247,22 +256,27 @@ class [[nodiscard]] GUESTMEM_API Error {
     e.expected_ = view_size;
     return e;
   }
+  /// Overflow: `base + offset` does not fit in 64 bits.
   static constexpr Error overflow(std::uint64_t base, std::uint64_t offset) noexcept {
     Error e = Error(ErrorCode::Overflow).with_address(base);
     e.length_ = offset;
     return e;
   }
+  /// Misaligned: `address` is not a multiple of `alignment`.
   static constexpr Error misaligned(std::uint64_t address, std::uint64_t alignment) noexcept {
     Error e = Error(ErrorCode::Misaligned).with_address(address);
     e.length_ = alignment;
     return e;
   }
+  /// An error with `code`, `address` and `length() = size`, for the codes whose table row has only
+  /// those fields.
   static constexpr Error at(ErrorCode code, std::uint64_t address,
                                 std::uint64_t size = 0) noexcept {
     Error e = Error(code).with_address(address);
     e.length_ = size;
     return e;
   }
+  /// MappingFailed: mmap of `size` bytes failed with `errnum`.
   static constexpr Error mapping_failed(int errnum, std::uint64_t size) noexcept {
     Error e(ErrorCode::MappingFailed);
     e.os_error_ = errnum;
@@ -279,6 +293,8 @@ class [[nodiscard]] GUESTMEM_API Error {
     e.completed_ = completed;
     return e;
   }
+  /// FaultRecoveryUnsupported: this architecture has no recovery primitives (`errnum` 0), or
+  /// installing the handler failed with `errnum`.
   static constexpr Error fault_recovery_unsupported(int errnum = 0) noexcept {
     Error e(ErrorCode::FaultRecoveryUnsupported);
     e.os_error_ = errnum;
@@ -290,24 +306,31 @@ class [[nodiscard]] GUESTMEM_API Error {
     e.signal_ = static_cast<std::uint8_t>(signal);
     return e;
   }
+  /// ProtectionViolation: an access `access` of `length` bytes at `address` that the mapping's
+  /// protection does not allow.
   static constexpr Error protection_violation(std::uint64_t address, std::uint64_t length,
                                               Permissions access) noexcept {
     Error e = at(ErrorCode::ProtectionViolation, address, length);
     e.expected_ = (access.has_read() ? 1U : 0U) | (access.has_write() ? 2U : 0U);
     return e;
   }
+  /// InvalidRange: `length` bytes at `offset` do not fit in a mapping of `size` bytes.
   static constexpr Error invalid_range(std::uint64_t offset, std::uint64_t length,
                                        std::uint64_t size) noexcept {
     Error e = at(ErrorCode::InvalidRange, offset, length);
     e.expected_ = size;
     return e;
   }
+  /// An error with `code` for a system call that failed with `errnum` on `length` bytes at
+  /// `address`.
   static constexpr Error os_failure(ErrorCode code, int errnum, std::uint64_t address,
                                     std::uint64_t length) noexcept {
     Error e = at(code, address, length);
     e.os_error_ = errnum;
     return e;
   }
+  /// MappingPastEof: `size` bytes at `file_offset` reach past the end of a file of `file_size`
+  /// bytes.
   static constexpr Error mapping_past_eof(std::uint64_t file_offset, std::uint64_t size,
                                           std::uint64_t file_size) noexcept {
     Error e = at(ErrorCode::MappingPastEof, file_offset, size);
@@ -350,6 +373,8 @@ class [[nodiscard]] GUESTMEM_API Error {
     return e;
   }
 
+  /// Fragmented: `length` bytes at I/O virtual address `iova` had to be one host range, but only
+  /// the first `contiguous` are.
   static constexpr Error fragmented(std::uint64_t iova, std::uint64_t length,
                                     std::uint64_t contiguous) noexcept {
     Error e = at(ErrorCode::Fragmented, iova, length);
@@ -365,10 +390,15 @@ class [[nodiscard]] GUESTMEM_API Error {
     return e;
   }
 
+  /// What went wrong.
   [[nodiscard]] constexpr ErrorCode code() const noexcept { return code_; }
+  /// The address the code's table row names (guest, container, host or I/O virtual), or 0.
   [[nodiscard]] constexpr std::uint64_t address() const noexcept { return address_; }
+  /// The length, size or alignment the code's table row names, or 0.
   [[nodiscard]] constexpr std::uint64_t length() const noexcept { return length_; }
+  /// The bytes asked for, or the other value the code's table row names, or 0.
   [[nodiscard]] constexpr std::uint64_t expected() const noexcept { return expected_; }
+  /// The bytes done before the failure, or the other value the code's table row names, or 0.
   [[nodiscard]] constexpr std::uint64_t completed() const noexcept { return completed_; }
   /// The errno of a failed system call, or 0.
   [[nodiscard]] constexpr int os_error() const noexcept { return os_error_; }
@@ -379,6 +409,7 @@ class [[nodiscard]] GUESTMEM_API Error {
   /// "invalid guest address 0x3000" or "partial buffer: completed 4 of 8 bytes".
   [[nodiscard]] std::string message() const;
 
+  /// Equal when the code and every field are equal.
   friend constexpr bool operator==(const Error&, const Error&) noexcept = default;
 
  private:

@@ -14,12 +14,15 @@
 
 namespace guestmem {
 
+/// An owned file descriptor: closed when destroyed or reset. Moves, never copies.
 class GUESTMEM_API UniqueFd {
  public:
   constexpr UniqueFd() noexcept = default;
   /// Takes ownership of `fd` (a negative value means "none").
   constexpr explicit UniqueFd(int fd) noexcept : fd_(fd) {}
+  /// Takes `other`'s descriptor; `other` is left with none.
   UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  /// Closes this descriptor, then takes `other`'s; `other` is left with none.
   UniqueFd& operator=(UniqueFd&& other) noexcept {
     if (this != &other) {
       reset(other.release());
@@ -32,7 +35,9 @@ class GUESTMEM_API UniqueFd {
 
   /// The descriptor, or -1. Validity: until this object is destroyed or reset.
   [[nodiscard]] constexpr int get() const noexcept { return fd_; }
+  /// Whether a descriptor is owned.
   [[nodiscard]] constexpr bool valid() const noexcept { return fd_ >= 0; }
+  /// valid().
   constexpr explicit operator bool() const noexcept { return valid(); }
 
   /// Gives up ownership without closing; returns the descriptor.

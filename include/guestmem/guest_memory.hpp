@@ -46,17 +46,27 @@ namespace guestmem {
 
 /// One region to create: `size` bytes at `guest_base`, anonymous or from a file.
 struct RegionSpec {
+  /// The guest address of the region's first byte.
   GuestAddress guest_base;
+  /// The region's length in bytes.
   std::size_t size = 0;
+  /// The file and offset that back the region, or none for anonymous memory.
   std::optional<FileOffset> file_offset;
 };
 
+/// The guest's physical memory: an immutable, sorted set of non-overlapping regions, each tracking
+/// writes in a bitmap `B`, with the byte-access interface at guest physical addresses (see the top
+/// of this header). Concurrency: every const member function may be called from any number of
+/// threads; hot-plug returns a new memory.
 template <Bitmap B = NoBitmap>
 class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddress>,
                         public detail::FallibleMixin<GuestMemoryMmap<B>, GuestAddress> {
  public:
+  /// The type of each region.
   using region_type = GuestRegionMmap<B>;
+  /// The bitmap slice that views into this memory carry.
   using slice_type = typename region_type::slice_type;
+  /// How the memory holds a region: shared with copies and with the memories hot-plug makes.
   using RegionPtr = std::shared_ptr<const region_type>;
 
   class SliceIterator;
@@ -65,7 +75,9 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
   GuestMemoryMmap() = default;
   /// Copies share the regions.
   GuestMemoryMmap(const GuestMemoryMmap& other) : GuestMemoryMmap(other.regions_) {}
+  /// Takes `other`'s regions; `other` is left empty.
   GuestMemoryMmap(GuestMemoryMmap&& other) noexcept : GuestMemoryMmap() { swap(other); }
+  /// Holds `other`'s regions instead of its own (copy or move, as the argument was made).
   GuestMemoryMmap& operator=(GuestMemoryMmap other) noexcept {
     swap(other);
     return *this;
@@ -92,6 +104,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     }
     return from_arc_regions(std::move(regions));
   }
+  /// As from_ranges(std::span), for a braced list of (guest base, size) pairs.
   static Result<GuestMemoryMmap> from_ranges(
       std::initializer_list<std::pair<GuestAddress, std::size_t>> ranges)
     requires NewBitmap<B>
@@ -185,6 +198,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return std::pair{GuestMemoryMmap(std::move(regions)), std::move(removed)};
   }
 
+  /// The number of regions.
   [[nodiscard]] std::size_t num_regions() const noexcept { return regions_.size(); }
 
   /// The region holding `addr`, or nullptr. Validity: while this memory (or another holder
@@ -224,6 +238,7 @@ class GuestMemoryMmap : public detail::BytesMixin<GuestMemoryMmap<B>, GuestAddre
     return std::pair{slot->region, MemoryRegionAddress{offset}};
   }
 
+  /// Whether some region holds `addr`.
   [[nodiscard]] bool address_in_range(GuestAddress addr) const noexcept {
     return find_index(addr) != kNone;
   }

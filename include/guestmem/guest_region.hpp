@@ -28,11 +28,16 @@
 
 namespace guestmem {
 
+/// One region of guest physical memory: an MmapRegion with dirty bitmap `B` placed at a guest base
+/// address, with the byte-access interface at offsets inside it (see the top of this header).
+/// Concurrency: const member functions may be called from any number of threads.
 template <Bitmap B = NoBitmap>
 class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegionAddress>,
                         public detail::FallibleMixin<GuestRegionMmap<B>, MemoryRegionAddress> {
  public:
+  /// The dirty bitmap of the region's mapping.
   using bitmap_type = B;
+  /// The bitmap slice that views into this region carry.
   using slice_type = typename MmapRegion<B>::slice_type;
 
   /// Places `mapping` at guest address `guest_base`.
@@ -69,6 +74,7 @@ class GuestRegionMmap : public detail::BytesMixin<GuestRegionMmap<B>, MemoryRegi
     }
     return addr;
   }
+  /// Whether `addr` is inside the region (below len()).
   [[nodiscard]] bool address_in_range(MemoryRegionAddress addr) const noexcept {
     return addr.raw_value() < len();
   }

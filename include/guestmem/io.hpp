@@ -29,9 +29,12 @@ namespace guestmem {
 /// Validity: the descriptor must stay open while the object is used.
 class GUESTMEM_API BorrowedFd {
  public:
+  /// Borrows `fd`.
   constexpr explicit BorrowedFd(int fd) noexcept : fd_(fd) {}
+  /// Borrows the descriptor `fd` owns. Validity: while `fd` keeps it open.
   constexpr explicit BorrowedFd(const UniqueFd& fd) noexcept : fd_(fd.get()) {}
 
+  /// The descriptor.
   [[nodiscard]] constexpr int get() const noexcept { return fd_; }
 
   /// One read(2) into `dst`, retried on EINTR. Returns the bytes read (0 at end of file); may
@@ -55,8 +58,11 @@ class GUESTMEM_API BorrowedFd {
 /// Validity: the span's memory must outlive the reader and must not be guest memory.
 class SpanReader {
  public:
+  /// A reader of `data`.
   constexpr explicit SpanReader(std::span<const std::byte> data) noexcept : rest_(data) {}
 
+  /// Copies the next min(remaining().size(), dst.size()) bytes into `dst` and returns that count: 0
+  /// when nothing is left. Never fails.
   Result<std::size_t> read_volatile(const VolatileSlice<>& dst) {
     const std::size_t n = std::min(rest_.size(), dst.size());
     dst.copy_from(rest_.first(n));
@@ -75,8 +81,11 @@ class SpanReader {
 /// Validity: as SpanReader.
 class SpanWriter {
  public:
+  /// A writer into `space`.
   constexpr explicit SpanWriter(std::span<std::byte> space) noexcept : rest_(space) {}
 
+  /// Copies the first min(remaining().size(), src.size()) bytes of `src` and returns that count: 0
+  /// when full. Never fails.
   Result<std::size_t> write_volatile(const VolatileSlice<>& src) {
     const std::size_t n = std::min(rest_.size(), src.size());
     src.copy_to(rest_.first(n));
@@ -96,8 +105,10 @@ class SpanWriter {
 /// Validity: the vector must outlive the writer.
 class VectorWriter {
  public:
+  /// A writer that appends to `out`.
   explicit VectorWriter(std::vector<std::byte>& out) noexcept : out_(&out) {}
 
+  /// Appends all of `src` to the vector and returns src.size(). Never fails.
   Result<std::size_t> write_volatile(const VolatileSlice<>& src) noexcept {
     const std::size_t old = out_->size();
     out_->resize(old + src.size());

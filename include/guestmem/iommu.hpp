@@ -57,24 +57,35 @@ namespace guestmem {
 
 /// A range of I/O virtual addresses.
 struct IovaRange {
+  /// The first I/O virtual address.
   GuestAddress base;
+  /// The length in bytes.
   GuestUsize length = 0;
+  /// Equal when base and length are.
   friend constexpr bool operator==(const IovaRange&, const IovaRange&) noexcept = default;
 };
 
 /// A range of target addresses (addresses of the memory below the IOMMU).
 struct MappedRange {
+  /// The first target address.
   GuestAddress base;
+  /// The length in bytes.
   GuestUsize length = 0;
+  /// Equal when base and length are.
   friend constexpr bool operator==(const MappedRange&, const MappedRange&) noexcept = default;
 };
 
 /// One IOTLB entry: [iova, iova + length) maps to [target, target + length).
 struct IotlbEntry {
+  /// The first I/O virtual address the entry maps.
   GuestAddress iova;
+  /// The target address `iova` maps to.
   GuestAddress target;
+  /// The bytes mapped.
   GuestUsize length = 0;
+  /// The accesses the mapping allows.
   Permissions permissions = Permissions::No;
+  /// Equal when every field is.
   friend constexpr bool operator==(const IotlbEntry&, const IotlbEntry&) noexcept = default;
 };
 
@@ -84,6 +95,7 @@ struct IotlbFails {
   std::vector<IovaRange> misses;
   /// Parts that an entry maps but whose permissions refuse the access, one per entry.
   std::vector<IovaRange> access_fails;
+  /// Equal when both lists are.
   friend bool operator==(const IotlbFails&, const IotlbFails&) = default;
 };
 
@@ -136,7 +148,9 @@ class GUESTMEM_API Iotlb {
 
   /// The entries in IOVA order. Validity: until the next change to this IOTLB, or its end.
   [[nodiscard]] std::span<const IotlbEntry> entries() const noexcept { return entries_; }
+  /// The number of entries.
   [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
+  /// Whether there is no entry.
   [[nodiscard]] bool empty() const noexcept { return entries_.empty(); }
 
  private:
@@ -206,7 +220,9 @@ class GUESTMEM_API Iommu {
 
   /// An IOTLB entry and the generation() at which it was read.
   struct Translation {
+    /// The entry.
     IotlbEntry entry;
+    /// The generation() when the entry was read.
     std::uint64_t generation = 0;
   };
 
@@ -256,13 +272,17 @@ enum class IommuMode : std::uint8_t { Passthrough, Translate };
 template <BitmapSlice P, BitmapSlice V>
 class IommuBitmapSlice {
  public:
+  /// The type of slice_at().
   using slice_type = IommuBitmapSlice;
 
   /// The inert placeholder (BitmapSlice): marks nothing through an empty physical slice.
   IommuBitmapSlice() = default;
+  /// A slice that marks through `physical` and, when given, `iova`.
   IommuBitmapSlice(P physical, std::optional<V> iova) noexcept
       : physical_(std::move(physical)), iova_(std::move(iova)) {}
 
+  /// Marks `len` bytes at `offset` dirty in the physical bitmap and, when there is one, the IOVA
+  /// bitmap.
   void mark_dirty(std::size_t offset, std::size_t len) const {
     physical_.mark_dirty(offset, len);
     if (iova_) {
@@ -273,10 +293,12 @@ class IommuBitmapSlice {
   [[nodiscard]] bool dirty_at(std::size_t offset) const {
     return physical_.dirty_at(offset) || (iova_ && iova_->dirty_at(offset));
   }
+  /// The slice that starts `offset` bytes into this one, in both bitmaps.
   [[nodiscard]] IommuBitmapSlice slice_at(std::size_t offset) const {
     return IommuBitmapSlice(physical_.slice_at(offset),
                             iova_ ? std::optional<V>(iova_->slice_at(offset)) : std::nullopt);
   }
+  /// The physical bitmap's slice.
   [[nodiscard]] const P& physical() const noexcept { return physical_; }
   /// The IOVA bitmap's slice; std::nullopt for a view made without translation.
   [[nodiscard]] const std::optional<V>& iova() const noexcept { return iova_; }
@@ -328,13 +350,16 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   static constexpr bool kPhysicalTracking = !std::same_as<PhysicalBitmapSlice, NoBitmap>;
 
  public:
+  /// The memory below the IOMMU.
   using physical_memory_type = M;
+  /// The IOVA bitmap: NoBitmap when writes are not tracked at I/O virtual addresses.
   using bitmap_type = B;
   /// The physical bitmap slice alone without IOVA tracking, so that views are then the very
   /// views of `M`.
   using bitmap_slice_type =
       std::conditional_t<kIovaTracking, IommuBitmapSlice<PhysicalBitmapSlice, typename B::slice_type>,
                          PhysicalBitmapSlice>;
+  /// The views that accesses and get_slices() hand out.
   using slice_type = VolatileSlice<bitmap_slice_type>;
 
   class SliceIterator;
@@ -364,8 +389,10 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   }
 
   /// Copies share the Iommu, the IOVA bitmap and the memory's regions, and start with an
-  /// empty translation cache.
+  /// starts with an empty translation cache.
   IommuMemory(const IommuMemory&) = default;
+  /// As the copy constructor: shares the other object's Iommu, IOVA bitmap and regions, and
+  /// starts with an empty translation cache.
   IommuMemory& operator=(const IommuMemory&) = default;
   /// A move leaves `other` without an Iommu, an IOVA bitmap or memory below, in its mode,
   /// with an empty translation cache (which held host addresses of regions it no longer
@@ -377,6 +404,8 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
         bitmap_(std::move(other.bitmap_)), mode_(other.mode_) {
     other.cache_.clear();
   }
+  /// As the move constructor: takes `other`'s Iommu, IOVA bitmap and memory, and leaves `other` as
+  /// it describes.
   IommuMemory& operator=(IommuMemory&& other) noexcept {
     if (this != &other) {
       memory_ = std::move(other.memory_);
@@ -401,6 +430,7 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   /// Switches translation on or off (vm-memory's set_iommu_enabled).
   /// Concurrency: no other call on this object may run at the same time.
   void set_iommu_mode(IommuMode mode) noexcept { mode_ = mode; }
+  /// Whether accesses are translated.
   [[nodiscard]] IommuMode iommu_mode() const noexcept { return mode_; }
 
   /// The IOMMU, to update its mappings; null once this object was moved from.
@@ -699,6 +729,8 @@ template <GuestMemoryBackend M, Bitmap B>
 class IommuMemory<M, B>::SliceIterator
     : public detail::PieceSequence<SliceIterator, slice_type> {
  public:
+  /// The pieces of `count` bytes at `addr` for `access` in `memory`; with `first_error`, only that
+  /// error. Validity: while `memory` is alive and unchanged.
   SliceIterator(const IommuMemory* memory, GuestAddress addr, std::size_t count,
                 Permissions access, std::optional<Error> first_error = std::nullopt) noexcept
       : memory_(memory), addr_(addr), count_(count), access_(access),

@@ -95,16 +95,23 @@ struct KvmSlotOptions {
 
 /// One memory slot as registered with KVM.
 struct KvmSlot {
+  /// The slot number (KVM's `slot`, address space 0).
   std::uint32_t slot = 0;
+  /// The guest physical address of the slot's first byte.
   GuestAddress guest_base;
+  /// The slot's length in bytes.
   std::uint64_t size = 0;
+  /// The host address of the slot's first byte (KVM's `userspace_addr`).
   std::uint64_t host_address = 0;
   /// KVM_MEM_LOG_DIRTY_PAGES (1) and KVM_MEM_READONLY (2).
   std::uint32_t flags = 0;
 
+  /// The flag KVM_MEM_LOG_DIRTY_PAGES: KVM logs the pages the guest writes.
   static constexpr std::uint32_t kLogDirtyPages = 1;
+  /// The flag KVM_MEM_READONLY: guest writes exit to the VMM instead.
   static constexpr std::uint32_t kReadonly = 2;
 
+  /// Equal when every field is.
   friend constexpr bool operator==(const KvmSlot&, const KvmSlot&) noexcept = default;
 };
 
@@ -132,7 +139,9 @@ class GUESTMEM_API KvmMemorySlots {
   /// that is no VM).
   static Result<KvmMemorySlots> create(BorrowedFd vm_fd, KvmSlotOptions options = {});
 
+  /// Takes over the other object's VM descriptor and slots; the moved-from object has none.
   KvmMemorySlots(KvmMemorySlots&&) noexcept = default;
+  /// Takes over `other`'s VM descriptor and slots, after deleting this object's slots from its VM.
   KvmMemorySlots& operator=(KvmMemorySlots&& other) noexcept;
   KvmMemorySlots(const KvmMemorySlots&) = delete;
   KvmMemorySlots& operator=(const KvmMemorySlots&) = delete;
@@ -230,8 +239,11 @@ class GUESTMEM_API KvmMemorySlots {
 
 /// One page a dirty ring reported: the slot and the page's index in it.
 struct KvmDirtyPage {
+  /// The memory slot, in address space 0 (the only one reported).
   std::uint32_t slot = 0;
+  /// The page's index in the slot.
   std::uint64_t page = 0;
+  /// Equal when slot and page are.
   friend constexpr bool operator==(const KvmDirtyPage&, const KvmDirtyPage&) noexcept = default;
 };
 
@@ -265,7 +277,9 @@ class GUESTMEM_API KvmDirtyRing {
   /// descriptor is closed (the mapping keeps the vCPU).
   static Result<KvmDirtyRing> map(BorrowedFd vcpu_fd, std::size_t bytes);
 
+  /// Takes over `other`'s ring mapping; `other` is left with none.
   KvmDirtyRing(KvmDirtyRing&& other) noexcept;
+  /// Unmaps this ring, then takes over `other`'s; `other` is left with none.
   KvmDirtyRing& operator=(KvmDirtyRing&& other) noexcept;
   KvmDirtyRing(const KvmDirtyRing&) = delete;
   KvmDirtyRing& operator=(const KvmDirtyRing&) = delete;

@@ -44,8 +44,10 @@ class ExternalMapping {
 
   /// The first byte. Validity: as promised to unsafe_from_raw_parts.
   [[nodiscard]] constexpr std::uint8_t* unsafe_host_ptr() const noexcept { return addr_; }
+  /// The bytes described.
   [[nodiscard]] constexpr std::size_t size() const noexcept { return size_; }
 
+  /// Equal when they describe the same address and size.
   friend constexpr bool operator==(const ExternalMapping&, const ExternalMapping&) noexcept =
       default;
 

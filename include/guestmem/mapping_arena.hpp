@@ -40,24 +40,33 @@ namespace guestmem {
 struct ArenaMapping {
   /// Where it starts, from the start of the arena.
   std::size_t offset;
+  /// Its length in bytes.
   std::size_t size;
   /// Where it starts in its file.
   std::uint64_t fd_offset;
+  /// What it allows.
   Protection protection;
 
+  /// Equal when every field is.
   friend constexpr bool operator==(const ArenaMapping&, const ArenaMapping&) noexcept = default;
 };
 
+/// A reserved range of address space in which mappings of file descriptors are added and removed at
+/// page-aligned offsets while the range stays put (see the top of this header). Moves, never
+/// copies; unmaps the whole range when destroyed. Concurrency: add_fd_mapping and remove_mapping
+/// are serialized with each other and with mappings().
 class GUESTMEM_API MappingArena {
  public:
   /// Reserves `size` bytes of address space, all of it an inaccessible hole.
   /// Errors: NotPageAligned(size, page size); MappingFailed(errno) (size 0 fails with EINVAL).
   static Result<MappingArena> create(std::size_t size);
 
+  /// Takes over `other`'s range and mappings; `other` is left with none.
   MappingArena(MappingArena&& other) noexcept
       : base_(std::exchange(other.base_, nullptr)),
         size_(std::exchange(other.size_, 0)),
         mappings_(std::move(other.mappings_)) {}
+  /// Unmaps this arena's range, then takes over `other`'s; `other` is left with none.
   MappingArena& operator=(MappingArena&& other) noexcept;
   MappingArena(const MappingArena&) = delete;
   MappingArena& operator=(const MappingArena&) = delete;
@@ -102,6 +111,7 @@ class GUESTMEM_API MappingArena {
   /// Validity: while the arena is alive; each part is accessible only while a mapping with
   /// the protection for the access is there.
   [[nodiscard]] std::uint8_t* unsafe_host_ptr() const noexcept { return base_; }
+  /// The bytes reserved.
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
 
  private:

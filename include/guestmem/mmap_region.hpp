@@ -274,7 +274,9 @@ class MmapRegionBuilder;
 template <Bitmap B = NoBitmap>
 class MmapRegion {
  public:
+  /// The dirty bitmap.
   using bitmap_type = B;
+  /// The views that accesses hand out.
   using slice_type = VolatileSlice<typename B::slice_type>;
 
   /// `size` bytes of anonymous private memory, read-write, MAP_NORESERVE (pages are only
@@ -294,6 +296,7 @@ class MmapRegion {
     return MmapRegionBuilder<B>(size).with_file_offset(std::move(file_offset)).build();
   }
 
+  /// The mapping's length in bytes.
   [[nodiscard]] std::size_t size() const noexcept { return mapping_.size(); }
 
   /// The first byte of the mapping, for handing the memory to KVM or another process.
@@ -332,6 +335,7 @@ class MmapRegion {
   /// statfs) or of MAP_HUGETLB memory (from the flags, else the system default), otherwise
   /// the system page size.
   [[nodiscard]] std::size_t page_size() const noexcept { return mapping_.page_size(); }
+  /// The dirty bitmap. Validity: while the region is alive and not moved from.
   [[nodiscard]] const B& bitmap() const noexcept { return bitmap_; }
 
   /// A view of `count` bytes at `offset`.
@@ -427,6 +431,7 @@ class MmapRegion {
 template <Bitmap B>
 class MmapRegionBuilder {
  public:
+  /// A builder of a mapping of `size` bytes; its other members choose the backing and options.
   explicit MmapRegionBuilder(std::size_t size) noexcept { options_.size = size; }
 
   /// The bitmap to use instead of a fresh one (required when B is not a NewBitmap). It must

@@ -13,11 +13,17 @@
 
 namespace guestmem {
 
+/// The kind of access a caller intends: no access, read, write or both. A small value; combine with
+/// | and &.
 class Permissions {
  public:
+  /// No access.
   static const Permissions No;
+  /// Reading.
   static const Permissions Read;
+  /// Writing.
   static const Permissions Write;
+  /// Reading and writing: Read | Write.
   static const Permissions ReadWrite;
 
   /// True when `access` asks for nothing that `*this` lacks.
@@ -37,6 +43,7 @@ class Permissions {
   friend constexpr Permissions operator&(Permissions a, Permissions b) noexcept {
     return Permissions(static_cast<std::uint8_t>(a.bits_ & b.bits_));
   }
+  /// Equal when they grant the same rights.
   friend constexpr bool operator==(Permissions, Permissions) noexcept = default;
 
   /// "No", "Read", "Write" or "ReadWrite".

@@ -20,6 +20,8 @@
 
 namespace guestmem {
 
+/// The protection of a mapping: readable, writable, both or neither, as the PROT_READ and
+/// PROT_WRITE bits of mmap. A small value.
 class Protection {
  public:
   /// No access: PROT_NONE.
@@ -48,7 +50,9 @@ class Protection {
     return Protection(static_cast<std::uint8_t>(bits_ | kWrite));
   }
 
+  /// Whether the mapping may be read (PROT_READ).
   [[nodiscard]] constexpr bool readable() const noexcept { return (bits_ & kRead) != 0; }
+  /// Whether the mapping may be written (PROT_WRITE).
   [[nodiscard]] constexpr bool writable() const noexcept { return (bits_ & kWrite) != 0; }
 
   /// True when every access `other` allows is also allowed by this protection.
@@ -66,6 +70,7 @@ class Protection {
            (writable() ? Permissions::Write : Permissions::No);
   }
 
+  /// Equal when they allow the same accesses.
   friend constexpr bool operator==(Protection, Protection) noexcept = default;
 
  private:

@@ -57,13 +57,15 @@ enum class Seal : unsigned {
 /// are gone.
 class GUESTMEM_API SharedMemory {
  public:
-  /// A new memfd named `name` (shown in /proc/<pid>/maps as "/memfd:<name>") of `size`
+  /// A new memfd named `name` (shown in `/proc/<pid>/maps` as `/memfd:<name>`) of `size`
   /// zero bytes, close-on-exec, with sealing allowed.
   /// Errors: IoError(EINVAL) when `name` holds a NUL byte or is longer than 249 bytes, or when
   /// `size` does not fit in off_t; IoError(errno) when memfd_create or ftruncate fails.
   static Result<SharedMemory> create(std::string_view name, std::uint64_t size);
 
+  /// Takes over the memfd; the moved-from object must not be used.
   SharedMemory(SharedMemory&&) noexcept = default;
+  /// Gives up this object's share of its memfd and takes over the other's.
   SharedMemory& operator=(SharedMemory&&) noexcept = default;
   SharedMemory(const SharedMemory&) = delete;
   SharedMemory& operator=(const SharedMemory&) = delete;

@@ -54,14 +54,19 @@ enum class RestoreMode : std::uint8_t {
 
 /// A snapshot's identity: 128 random bits chosen when it is saved. The zero id means "none".
 struct SnapshotId {
+  /// The high 64 bits.
   std::uint64_t hi = 0;
+  /// The low 64 bits.
   std::uint64_t lo = 0;
+  /// Equal when all 128 bits are.
   friend constexpr bool operator==(const SnapshotId&, const SnapshotId&) noexcept = default;
 };
 
 /// One region as a snapshot file records it.
 struct SnapshotRegionInfo {
+  /// The guest address of the region's first byte.
   GuestAddress guest_base;
+  /// The region's length in bytes.
   std::uint64_t size = 0;
   /// Where the region's first byte sits in the file (a multiple of the page size).
   std::uint64_t file_offset = 0;
@@ -72,13 +77,17 @@ struct SnapshotRegionInfo {
 
 /// What a snapshot file's header says (see read_snapshot_info).
 struct SnapshotInfo {
+  /// The format version the file was written in.
   std::uint32_t version = 0;
+  /// This snapshot's identity.
   SnapshotId id;
   /// The snapshot a diff applies onto; std::nullopt for a full snapshot.
   std::optional<SnapshotId> base;
+  /// The page size the file's page data and offsets are in.
   std::uint64_t page_size = 0;
   /// The size of the file the header describes (st_size; the blocks on disk are fewer).
   std::uint64_t file_size = 0;
+  /// The regions, in guest address order.
   std::vector<SnapshotRegionInfo> regions;
 };
 

@@ -149,6 +149,7 @@ inline void zero_infallible(std::uint8_t* dst, std::size_t len) noexcept {
 template <Fallibility F>
 class VmReader {
  public:
+  /// Whether reads may fault (Fallible) or not (Infallible).
   using fallibility = F;
 
   /// An empty reader.
@@ -175,6 +176,7 @@ class VmReader {
   [[nodiscard]] constexpr std::size_t remain() const noexcept {
     return static_cast<std::size_t>(end_ - cursor_);
   }
+  /// Whether any byte is left to read: remain() > 0.
   [[nodiscard]] constexpr bool has_remain() const noexcept { return cursor_ != end_; }
   /// The next byte to read. Validity: as the reader's memory.
   [[nodiscard]] constexpr const std::uint8_t* cursor() const noexcept { return cursor_; }
@@ -305,7 +307,9 @@ class VmReader {
 template <Fallibility F, BitmapSlice S>
 class VmWriter {
  public:
+  /// Whether writes may fault (Fallible) or not (Infallible).
   using fallibility = F;
+  /// The dirty bitmap slice that writes are reported to.
   using bitmap_slice_type = S;
 
   /// An empty writer.
@@ -337,6 +341,7 @@ class VmWriter {
   [[nodiscard]] constexpr std::size_t avail() const noexcept {
     return static_cast<std::size_t>(end_ - cursor_);
   }
+  /// Whether any space is left to write: avail() > 0.
   [[nodiscard]] constexpr bool has_avail() const noexcept { return cursor_ != end_; }
   /// The next byte to write. Validity: as the writer's memory; report writes through it to
   /// bitmap().

@@ -81,10 +81,14 @@ class OneItem {
 
 }  // namespace detail
 
+/// A bounds-checked (pointer, length) view of memory the guest may change at any time, with the
+/// byte-access interface at offsets, reporting its writes to the bitmap slice `S` (see the top of
+/// this header). Copies are views of the same memory. Validity: as the memory it was made from.
 template <BitmapSlice S>
 class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t>,
                       public detail::FallibleMixin<VolatileSlice<S>, std::size_t> {
  public:
+  /// The dirty-bitmap slice the view reports its writes to.
   using bitmap_slice_type = S;
 
   /// An empty view.
@@ -119,10 +123,13 @@ class VolatileSlice : public detail::BytesMixin<VolatileSlice<S>, std::size_t>,
     return VolatileSlice(reinterpret_cast<std::uint8_t*>(bytes.data()), bytes.size(), S{});
   }
 
+  /// The bytes the view covers.
   [[nodiscard]] constexpr std::size_t size() const noexcept { return size_; }
   /// The same as size(), under the reference API's name.
   [[nodiscard]] constexpr std::size_t len() const noexcept { return size_; }
+  /// Whether the view covers no byte.
   [[nodiscard]] constexpr bool empty() const noexcept { return size_ == 0; }
+  /// The same as empty(), under the reference API's name.
   [[nodiscard]] constexpr bool is_empty() const noexcept { return size_ == 0; }
 
   /// The dirty-bitmap slice of this view. Writes through the pointer of unsafe_host_ptr() are
@@ -321,7 +328,9 @@ class VolatileRef {
     return VolatileSlice<S>::from_raw_parts(addr_, sizeof(T), bitmap_);
   }
 
+  /// The bytes the value takes: sizeof(T).
   [[nodiscard]] static constexpr std::size_t size() noexcept { return sizeof(T); }
+  /// The dirty-bitmap slice the view reports its writes to. Validity: as the view.
   [[nodiscard]] constexpr const S& bitmap() const noexcept { return bitmap_; }
   /// Validity and rules: as VolatileSlice::unsafe_host_ptr().
   [[nodiscard]] constexpr std::uint8_t* unsafe_host_ptr() const noexcept { return addr_; }
@@ -348,8 +357,11 @@ class VolatileArrayRef {
 
   /// The number of elements.
   [[nodiscard]] constexpr std::size_t size() const noexcept { return count_; }
+  /// The same as size(), under the reference API's name.
   [[nodiscard]] constexpr std::size_t len() const noexcept { return count_; }
+  /// Whether the array has no element.
   [[nodiscard]] constexpr bool empty() const noexcept { return count_ == 0; }
+  /// The bytes one element takes: sizeof(T).
   [[nodiscard]] static constexpr std::size_t element_size() noexcept { return sizeof(T); }
 
   /// A view of element `index`. Errors: OutOfBounds when index >= size().
@@ -395,6 +407,7 @@ class VolatileArrayRef {
     return VolatileSlice<S>::from_raw_parts(addr_, count_ * sizeof(T), bitmap_);
   }
 
+  /// The dirty-bitmap slice the view reports its writes to. Validity: as the view.
   [[nodiscard]] constexpr const S& bitmap() const noexcept { return bitmap_; }
   /// Validity and rules: as VolatileSlice::unsafe_host_ptr().
   [[nodiscard]] constexpr std::uint8_t* unsafe_host_ptr() const noexcept { return addr_; }

@@ -72,6 +72,10 @@ template <class Slice, class View = VolatileSlice<>>
 template <class Derived, class Addr>
 class FallibleMixin;
 
+/// The byte-access interface (read, write, read_slice, write_slice, read_obj, write_obj, load,
+/// store, the descriptor transfers, ...) that every container inherits, at addresses of type
+/// `Addr`, with one set of rules for all of them (docs/DESIGN.md, "One set of access semantics,
+/// implemented once"). `Derived` is the container, which says how a range splits into host pieces.
 template <class Derived, class Addr>
 class BytesMixin {
   // The fallible walks continue a crossing access the same way (continuation).
@@ -244,7 +248,9 @@ class BytesMixin {
  protected:
   BytesMixin() = default;
   ~BytesMixin() = default;
+  /// Copied as part of the container that derives from it; it has no state of its own.
   BytesMixin(const BytesMixin&) = default;
+  /// Assigned as part of the container that derives from it; it has no state of its own.
   BytesMixin& operator=(const BytesMixin&) = default;
 
  private:

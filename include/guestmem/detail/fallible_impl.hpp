@@ -44,6 +44,9 @@
 
 namespace guestmem::detail {
 
+/// The fault-tolerant counterpart of BytesMixin (try_read, try_write, try_read_obj, reader, writer,
+/// ...) that every container inherits: accesses that turn a SIGSEGV or SIGBUS on guest memory into
+/// an ErrorCode::Fault with the bytes done (guestmem/fault.hpp, guestmem/vm_io.hpp).
 template <class Derived, class Addr>
 class FallibleMixin {
  public:
@@ -218,7 +221,9 @@ class FallibleMixin {
  protected:
   FallibleMixin() = default;
   ~FallibleMixin() = default;
+  /// Copied as part of the container that derives from it; it has no state of its own.
   FallibleMixin(const FallibleMixin&) = default;
+  /// Assigned as part of the container that derives from it; it has no state of its own.
   FallibleMixin& operator=(const FallibleMixin&) = default;
 
  private:
