@@ -389,7 +389,7 @@ class IommuMemory : public detail::BytesMixin<IommuMemory<M, B>, GuestAddress> {
   }
 
   /// Copies share the Iommu, the IOVA bitmap and the memory's regions, and start with an
-  /// starts with an empty translation cache.
+  /// empty translation cache.
   IommuMemory(const IommuMemory&) = default;
   /// As the copy constructor: shares the other object's Iommu, IOVA bitmap and regions, and
   /// starts with an empty translation cache.
