@@ -7,7 +7,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstddef>
@@ -369,22 +368,21 @@ Outcome<void> Frontend::publish(std::uint16_t head) {
   const std::uint32_t qs = options_.queue_size;
   const GuestAddress entry{kAvailAddress + sizeof(VirtqAvailHeader) +
                            2 * std::uint64_t{static_cast<std::uint16_t>(avail_idx_ % qs)}};
-  if (auto ok = memory_.store(le16_bits(head), entry, std::memory_order_relaxed);
-      !ok) {
+  if (auto ok = memory_.store(le16_bits(head), entry, std::memory_order_relaxed); !ok) {
     return std::unexpected("avail ring: " + ok.error().message());
   }
   ++avail_idx_;
-  // Release: the back end that reads the new index sees the descriptors and the entry.
+  // Sequentially consistent store and load: the index store is visible before the flag is
+  // read, or the back end could go to sleep between our read and its check of the index
+  // (virtio specification 2.7.13); seq_cst also releases the descriptors and the entry. (A
+  // separate fence would do too, but GCC refuses atomic_thread_fence under TSan.)
   if (auto ok = memory_.store(le16_bits(avail_idx_), GuestAddress{kAvailAddress + 2},
-                              std::memory_order_release);
+                              std::memory_order_seq_cst);
       !ok) {
     return std::unexpected("avail index: " + ok.error().message());
   }
-  // The index store must be visible before the flag is read, or the back end may go to
-  // sleep between our read and its check of the index (virtio specification 2.7.13).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
   auto used_flags = memory_.load<std::uint16_t>(GuestAddress{kUsedAddress},
-                                                std::memory_order_relaxed);
+                                                std::memory_order_seq_cst);
   if (!used_flags) return std::unexpected("used flags: " + used_flags.error().message());
   if ((from_le16_bits(*used_flags) & kUsedFNoNotify) != 0) return {};
   const std::uint64_t one = 1;
