@@ -419,6 +419,23 @@ void BlkBackend::run_queue(Queue& q, std::uint32_t index, bool event_idx) {
     const std::lock_guard lock(q.notify_mutex);
     signal_eventfd(q.err);
   };
+  // A snapshot of the front end's memory, with `ring` translated for it (again when the
+  // table changed); std::nullopt when the rings are no longer mapped (the queue is broken).
+  // Snapshots are short-lived, so a replaced table is unmapped soon after the change.
+  const auto snapshot = [&]() -> std::optional<GuestMemoryGuard<FrontEndMemory>> {
+    auto mem = memory_.space().memory();
+    if (!ring || mem->generation != generation) {
+      auto layout = translate_layout(*mem, *q.addr, q.size);
+      if (!layout) {
+        fail("rings are no longer in mapped memory");
+        return std::nullopt;
+      }
+      ring.emplace(*layout, event_idx, ring ? ring->next_avail() : q.next_avail,
+                   ring ? ring->next_used() : q.next_used);
+      generation = mem->generation;
+    }
+    return mem;
+  };
   for (;;) {
     if (!pending) {
       std::array<pollfd, 2> fds{pollfd{q.kick.get(), POLLIN, 0}, pollfd{q.stop.get(), POLLIN, 0}};
@@ -435,51 +452,46 @@ void BlkBackend::run_queue(Queue& q, std::uint32_t index, bool event_idx) {
       drain_eventfd(q.kick.get());
     }
     pending = false;
-    if (broken) {
-      continue;
-    }
-    // The snapshot lives for one batch only, so a replaced table is unmapped soon after.
-    const auto mem = memory_.space().memory();
-    if (!ring || mem->generation != generation) {
-      auto layout = translate_layout(*mem, *q.addr, q.size);
-      if (!layout) {
-        fail("rings are no longer in mapped memory");
-        continue;
-      }
-      ring.emplace(*layout, event_idx, ring ? ring->next_avail() : q.next_avail,
-                   ring ? ring->next_used() : q.next_used);
-      generation = mem->generation;
-    }
-    for (bool more = true; more && !broken;) {
+    for (bool more = !broken; more && !broken;) {
       for (;;) {
-        auto head = ring->pop_head(mem->guest);
-        if (!head) {
-          if (head.error().kind != QueueErrorKind::HeadOutOfRange) {
-            fail(head.error().describe());
-            break;
-          }
-          log_line(format_text("queue {}: {}", index, head.error().describe()));
+        std::optional<std::uint16_t> head;
+        if (auto mem = snapshot(); !mem) {
+          break;
+        } else if (auto popped = ring->pop_head((*mem)->guest); popped) {
+          head = *popped;
+        } else if (popped.error().kind == QueueErrorKind::HeadOutOfRange) {
+          log_line(format_text("queue {}: {}", index, popped.error().describe()));
           continue;
+        } else {
+          fail(popped.error().describe());
+          break;
         }
-        if (!*head) {
+        if (!head) {
+          break;
+        }
+        // A new snapshot, taken after the request was seen: a table the front end changed
+        // before making the request available is the one that serves it.
+        auto mem = snapshot();
+        if (!mem) {
           break;
         }
         std::uint32_t written = 0;
-        if (auto walked = ring->read_chain(mem->guest, **head, chain); walked) {
-          written = device_.handle(mem->guest, chain, scratch);
+        if (auto walked = ring->read_chain((*mem)->guest, *head, chain); walked) {
+          written = device_.handle((*mem)->guest, chain, scratch);
         } else {
-          log_line(format_text("queue {}: request {} returned unanswered: {}", index, **head,
+          log_line(format_text("queue {}: request {} returned unanswered: {}", index, *head,
                                walked.error().describe()));
         }
-        if (auto used = ring->add_used(mem->guest, **head, written); !used) {
+        if (auto used = ring->add_used((*mem)->guest, *head, written); !used) {
           fail(used.error().describe());
           break;
         }
       }
-      if (broken) {
+      auto mem = broken ? std::nullopt : snapshot();
+      if (!mem) {
         break;
       }
-      auto notify = ring->publish_used(mem->guest);
+      auto notify = ring->publish_used((*mem)->guest);
       if (!notify) {
         fail(notify.error().describe());
         break;
@@ -488,7 +500,7 @@ void BlkBackend::run_queue(Queue& q, std::uint32_t index, bool event_idx) {
         const std::lock_guard lock(q.notify_mutex);
         signal_eventfd(q.call);
       }
-      auto again = ring->enable_notification(mem->guest);
+      auto again = ring->enable_notification((*mem)->guest);
       if (!again) {
         fail(again.error().describe());
         break;

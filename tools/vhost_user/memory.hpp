@@ -4,7 +4,7 @@
 // with the region's guest address, size, the address where the front end itself maps it
 // ("user address") and the offset of the region's first byte in the file. `MemoryMap` maps
 // each descriptor MAP_SHARED at its offset as a `GuestRegionMmap` and publishes the result
-// through a `GuestMemoryAtomic`, so queue threads take a consistent snapshot per batch while
+// through a `GuestMemoryAtomic`, so queue threads take a consistent snapshot per request while
 // the message thread replaces the table (SET_MEM_TABLE) or changes it one region at a time
 // (ADD_MEM_REG/REM_MEM_REG). A snapshot also translates front-end user addresses (vring
 // addresses arrive as those) to guest addresses.

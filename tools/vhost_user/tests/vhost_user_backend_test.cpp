@@ -115,6 +115,9 @@ class BackendTest : public ::testing::Test {
     put_desc(memory.mem, kDescAddr, 0, 0x5000, sizeof(h), kDescFNext, 1);
     put_desc(memory.mem, kDescAddr, 1, data_at, 512, kDescFNext | kDescFWrite, 2);
     put_desc(memory.mem, kDescAddr, 2, 0x5800, 1, kDescFWrite);
+    // With EVENT_IDX, ask for a notification when this entry is used.
+    ASSERT_TRUE(memory.mem.write_obj(Le16(slot), GuestAddress{kAvailAddr + 4 + 2 * kQueueSize})
+                    .has_value());
     make_available(memory.mem, slot, 0);
     const std::uint64_t one = 1;
     ASSERT_EQ(::write(kick.get(), &one, sizeof(one)), 8);
@@ -347,6 +350,32 @@ TEST_F(BackendTest, TruncatedMemoryCostsTheRequestOnly) {
   wait_used(1);
   EXPECT_EQ(used_elem(memory.mem, 1).len.to_native(), 513U);
   EXPECT_EQ(*memory.mem.read_obj<std::uint8_t>(GuestAddress{0x5800}), 0);
+  EXPECT_TRUE(backend.queue_running(0));
+}
+
+TEST_F(BackendTest, RegionsChangeWhileTheQueueRuns) {
+  start_queue(device.features());
+  const UniqueFd fd_c = make_memfd(kRegionSize);
+  const MemoryRegion region_c{0x40000, kRegionSize, kUserBase + 0x40000, 0};
+  send(Request::AddMemReg, SingleMemoryRegion{0, region_c}, {fd_c.get()}, kNeedReplyFlag);
+  EXPECT_EQ(reply_u64(Request::AddMemReg), 0U);
+  submit_read(0, 0x40000 + 0x100);
+  wait_used(0);
+  EXPECT_EQ(used_elem(memory.mem, 0).len.to_native(), 513U);
+  EXPECT_EQ(*memory.mem.read_obj<std::uint8_t>(GuestAddress{0x5800}), 0);
+  std::array<std::uint8_t, 512> data{};
+  ASSERT_EQ(::pread(fd_c.get(), data.data(), data.size(), 0x100), 512);
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    ASSERT_EQ(data[i], static_cast<std::uint8_t>((512 + i) / 3)) << i;
+  }
+  // Region B goes away under the running queue: a request into it now meets a hole.
+  send(Request::RemMemReg, SingleMemoryRegion{0, region_b()}, {}, kNeedReplyFlag);
+  EXPECT_EQ(reply_u64(Request::RemMemReg), 0U);
+  submit_read(1, kBaseB + 0x200);
+  wait_used(1);
+  EXPECT_EQ(used_elem(memory.mem, 1).len.to_native(), 1U);
+  EXPECT_EQ(*memory.mem.read_obj<std::uint8_t>(GuestAddress{0x5800}),
+            to_underlying(BlkStatus::IoErr));
   EXPECT_TRUE(backend.queue_running(0));
 }
 
