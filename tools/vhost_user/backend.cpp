@@ -198,8 +198,8 @@ BlkBackend::Outcome BlkBackend::dispatch(Connection& conn, Message& msg) {
       const bool add = h.request == to_underlying(Request::AddMemReg);
       SingleMemoryRegion single{};
       // ADD carries the region's descriptor; REM needs none, but QEMU sends one.
-      if (!msg.read_as(single, sizeof(single)) || msg.fds.size() != (add ? 1U : msg.fds.size()) ||
-          msg.fds.size() > 1) {
+      const bool fds_ok = add ? msg.fds.size() == 1 : msg.fds.size() <= 1;
+      if (!msg.read_as(single, sizeof(single)) || !fds_ok) {
         return refuse("malformed region message");
       }
       if ((acked_protocol_features_ & protocol_bit(ProtocolFeature::ConfigureMemSlots)) == 0) {

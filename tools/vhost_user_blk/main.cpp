@@ -1,10 +1,13 @@
 // vhost-user-blk: serves a raw image file to a vhost-user front end (QEMU's
 // vhost-user-blk-pci, or guestmem's benchmark front end) over a Unix socket.
 //
-//   vhost-user-blk --socket /tmp/vhost.sock --image disk.img --num-queues 2
+//   vhost-user-blk --socket /tmp/vhost.sock --image disk.img [--num-queues 2] [--read-only]
+//                  [--once]
 //
 // It listens on the socket and serves one front end at a time; when a front end goes away it
-// waits for the next one. Errors from the front end or guest are logged on standard error.
+// waits for the next one, or exits with status 0 under --once (for tests). Errors from the
+// front end or guest are logged on standard error and never end the program; the exit status
+// is 1 when the fault handler, the image or the socket cannot be set up, or accept fails.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
