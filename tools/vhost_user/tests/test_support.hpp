@@ -55,6 +55,14 @@ struct TestMemory {
   void truncate_b() const { ASSERT_EQ(::ftruncate(fd_b->get(), 0), 0); }
 };
 
+// Where one queue's rings are, in guest addresses.
+struct RingAddrs {
+  std::uint64_t desc;
+  std::uint64_t avail;
+  std::uint64_t used;
+};
+inline constexpr RingAddrs kRing0{kDescAddr, kAvailAddr, kUsedAddr};
+
 inline QueueLayout test_layout() {
   return QueueLayout{kQueueSize - 1, GuestAddress{kDescAddr}, GuestAddress{kAvailAddr},
                      GuestAddress{kUsedAddr}};
@@ -69,19 +77,21 @@ inline void put_desc(const GuestMemoryMmap<>& mem, std::uint64_t table, std::uin
 }
 
 // Makes `head` available as the driver's entry number `slot` and publishes `slot + 1`.
-inline void make_available(const GuestMemoryMmap<>& mem, std::uint16_t slot, std::uint16_t head) {
-  ASSERT_TRUE(mem.write_obj(Le16(head), GuestAddress{kAvailAddr + 4 + 2ULL * (slot % kQueueSize)})
+inline void make_available(const GuestMemoryMmap<>& mem, std::uint16_t slot, std::uint16_t head,
+                           RingAddrs rings = kRing0) {
+  ASSERT_TRUE(mem.write_obj(Le16(head), GuestAddress{rings.avail + 4 + 2ULL * (slot % kQueueSize)})
                   .has_value());
-  ASSERT_TRUE(mem.write_obj(Le16(static_cast<std::uint16_t>(slot + 1)), GuestAddress{kAvailAddr + 2})
+  ASSERT_TRUE(mem.write_obj(Le16(static_cast<std::uint16_t>(slot + 1)), GuestAddress{rings.avail + 2})
                   .has_value());
 }
 
-inline VirtqUsedElem used_elem(const GuestMemoryMmap<>& mem, std::uint16_t slot) {
-  return *mem.read_obj<VirtqUsedElem>(GuestAddress{kUsedAddr + 4 + 8ULL * (slot % kQueueSize)});
+inline VirtqUsedElem used_elem(const GuestMemoryMmap<>& mem, std::uint16_t slot,
+                               RingAddrs rings = kRing0) {
+  return *mem.read_obj<VirtqUsedElem>(GuestAddress{rings.used + 4 + 8ULL * (slot % kQueueSize)});
 }
 
-inline std::uint16_t used_idx(const GuestMemoryMmap<>& mem) {
-  return mem.read_obj<Le16>(GuestAddress{kUsedAddr + 2})->to_native();
+inline std::uint16_t used_idx(const GuestMemoryMmap<>& mem, RingAddrs rings = kRing0) {
+  return mem.read_obj<Le16>(GuestAddress{rings.used + 2})->to_native();
 }
 
 }  // namespace guestmem::vhost_user::testing

@@ -93,43 +93,62 @@ class BackendTest : public ::testing::Test {
     EXPECT_EQ(reply_u64(Request::SetMemTable), 0U);
   }
 
-  // Sets queue 0 up on the rings of test_support and starts it.
+  // One queue's rings, request buffers and eventfds in the test's memory (region A).
+  struct QueueIo {
+    std::uint32_t index;
+    RingAddrs rings;
+    std::uint64_t header_at;
+    std::uint64_t status_at;
+    UniqueFd kick{::eventfd(0, EFD_CLOEXEC)};
+    UniqueFd call{::eventfd(0, EFD_CLOEXEC)};
+  };
+
+  // Sets `queue` up and starts it.
+  void setup_queue(const QueueIo& queue) {
+    send(Request::SetVringNum, VringState{queue.index, kQueueSize});
+    send(Request::SetVringAddr,
+         VringAddress{queue.index, 0, kUserBase + queue.rings.desc, kUserBase + queue.rings.used,
+                      kUserBase + queue.rings.avail, 0});
+    send(Request::SetVringBase, VringState{queue.index, 0});
+    send(Request::SetVringCall, U64Payload{queue.index}, {queue.call.get()});
+    send(Request::SetVringKick, U64Payload{queue.index}, {queue.kick.get()});
+    send(Request::SetVringEnable, VringState{queue.index, 1});
+    ASSERT_TRUE(backend.queue_running(queue.index));
+  }
+
+  // Negotiates `features`, shares the memory and starts queue 0.
   void start_queue(std::uint64_t features) {
     negotiate(features);
     send_table();
-    send(Request::SetVringNum, VringState{0, kQueueSize});
-    send(Request::SetVringAddr, VringAddress{0, 0, kUserBase + kDescAddr, kUserBase + kUsedAddr,
-                                             kUserBase + kAvailAddr, 0});
-    send(Request::SetVringBase, VringState{0, 0});
-    send(Request::SetVringCall, U64Payload{0}, {call.get()});
-    send(Request::SetVringKick, U64Payload{0}, {kick.get()});
-    send(Request::SetVringEnable, VringState{0, 1});
-    ASSERT_TRUE(backend.queue_running(0));
+    setup_queue(q0);
   }
 
-  // Makes a read of sector 1 into `data_at` available as entry `slot` and kicks.
-  void submit_read(std::uint16_t slot, std::uint64_t data_at) {
-    const BlkRequestHeader h{Le32(to_underlying(BlkRequestType::In)), Le32(0), Le64(1)};
-    ASSERT_TRUE(memory.mem.write_obj(h, GuestAddress{0x5000}).has_value());
-    ASSERT_TRUE(memory.mem.write_obj(std::uint8_t{0xee}, GuestAddress{0x5800}).has_value());
-    put_desc(memory.mem, kDescAddr, 0, 0x5000, sizeof(h), kDescFNext, 1);
-    put_desc(memory.mem, kDescAddr, 1, data_at, 512, kDescFNext | kDescFWrite, 2);
-    put_desc(memory.mem, kDescAddr, 2, 0x5800, 1, kDescFWrite);
+  // Makes a read of `sector` into `data_at` available as entry `slot` of `queue` and kicks.
+  void submit_read(std::uint16_t slot, std::uint64_t data_at, const QueueIo& queue,
+                   std::uint64_t sector = 1) {
+    const BlkRequestHeader h{Le32(to_underlying(BlkRequestType::In)), Le32(0), Le64(sector)};
+    ASSERT_TRUE(memory.mem.write_obj(h, GuestAddress{queue.header_at}).has_value());
+    ASSERT_TRUE(memory.mem.write_obj(std::uint8_t{0xee}, GuestAddress{queue.status_at}).has_value());
+    put_desc(memory.mem, queue.rings.desc, 0, queue.header_at, sizeof(h), kDescFNext, 1);
+    put_desc(memory.mem, queue.rings.desc, 1, data_at, 512, kDescFNext | kDescFWrite, 2);
+    put_desc(memory.mem, queue.rings.desc, 2, queue.status_at, 1, kDescFWrite);
     // With EVENT_IDX, ask for a notification when this entry is used.
-    ASSERT_TRUE(memory.mem.write_obj(Le16(slot), GuestAddress{kAvailAddr + 4 + 2 * kQueueSize})
+    ASSERT_TRUE(memory.mem.write_obj(Le16(slot), GuestAddress{queue.rings.avail + 4 + 2 * kQueueSize})
                     .has_value());
-    make_available(memory.mem, slot, 0);
+    make_available(memory.mem, slot, 0, queue.rings);
     const std::uint64_t one = 1;
-    ASSERT_EQ(::write(kick.get(), &one, sizeof(one)), 8);
+    ASSERT_EQ(::write(queue.kick.get(), &one, sizeof(one)), 8);
   }
+  void submit_read(std::uint16_t slot, std::uint64_t data_at) { submit_read(slot, data_at, q0); }
 
-  // Waits for the call eventfd, then for `slot` to be used.
-  void wait_used(std::uint16_t slot) {
-    ASSERT_TRUE(readable_within(call.get(), kTimeoutMs));
+  // Waits for the call eventfd of `queue`, then for `slot` to be used.
+  void wait_used(std::uint16_t slot, const QueueIo& queue) {
+    ASSERT_TRUE(readable_within(queue.call.get(), kTimeoutMs));
     std::uint64_t count;
-    ASSERT_EQ(::read(call.get(), &count, sizeof(count)), 8);
-    ASSERT_EQ(used_idx(memory.mem), slot + 1);
+    ASSERT_EQ(::read(queue.call.get(), &count, sizeof(count)), 8);
+    ASSERT_EQ(used_idx(memory.mem, queue.rings), slot + 1);
   }
+  void wait_used(std::uint16_t slot) { wait_used(slot, q0); }
 
   UniqueFd image = [] {
     UniqueFd fd = make_memfd(64 * kSectorSize);
@@ -145,8 +164,8 @@ class BackendTest : public ::testing::Test {
   std::unique_ptr<Connection> front;
   std::unique_ptr<Connection> back;
   TestMemory memory;
-  UniqueFd kick{::eventfd(0, EFD_CLOEXEC)};
-  UniqueFd call{::eventfd(0, EFD_CLOEXEC)};
+  QueueIo q0{0, kRing0, 0x5000, 0x5800};
+  QueueIo q1{1, RingAddrs{0x9000, 0xa000, 0xb000}, 0xc000, 0xc800};
 };
 
 TEST_F(BackendTest, AnswersFeatureQueries) {
@@ -379,13 +398,36 @@ TEST_F(BackendTest, RegionsChangeWhileTheQueueRuns) {
   EXPECT_TRUE(backend.queue_running(0));
 }
 
+TEST_F(BackendTest, TwoQueuesServeAtOnce) {
+  start_queue(device.features());
+  setup_queue(q1);
+  for (std::uint16_t slot = 0; slot < 40; ++slot) {
+    const std::uint64_t sector = slot % 60;
+    submit_read(slot, 0x7000, q0, sector);
+    submit_read(slot, 0xd000, q1, sector + 1);
+    wait_used(slot, q0);
+    wait_used(slot, q1);
+    std::array<std::uint8_t, 512> data0{};
+    std::array<std::uint8_t, 512> data1{};
+    ASSERT_TRUE(memory.mem.read_slice(std::as_writable_bytes(std::span(data0)), GuestAddress{0x7000}).has_value());
+    ASSERT_TRUE(memory.mem.read_slice(std::as_writable_bytes(std::span(data1)), GuestAddress{0xd000}).has_value());
+    for (std::size_t i = 0; i < 512; ++i) {
+      ASSERT_EQ(data0[i], static_cast<std::uint8_t>((sector * 512 + i) / 3)) << slot << " " << i;
+      ASSERT_EQ(data1[i], static_cast<std::uint8_t>(((sector + 1) * 512 + i) / 3)) << slot << " " << i;
+    }
+    EXPECT_EQ(used_elem(memory.mem, slot, q1.rings).len.to_native(), 513U);
+  }
+  EXPECT_TRUE(backend.queue_running(0));
+  EXPECT_TRUE(backend.queue_running(1));
+}
+
 TEST_F(BackendTest, CorruptRingStopsTheQueueAndSignalsErr) {
   UniqueFd err{::eventfd(0, EFD_CLOEXEC)};
   start_queue(device.features());
   send(Request::SetVringErr, U64Payload{0}, {err.get()});
   ASSERT_TRUE(memory.mem.write_obj(Le16(kQueueSize + 5), GuestAddress{kAvailAddr + 2}).has_value());
   const std::uint64_t one = 1;
-  ASSERT_EQ(::write(kick.get(), &one, sizeof(one)), 8);
+  ASSERT_EQ(::write(q0.kick.get(), &one, sizeof(one)), 8);
   ASSERT_TRUE(readable_within(err.get(), kTimeoutMs));
   EXPECT_EQ(used_idx(memory.mem), 0);
   // The front end resets the device; the queue thread is gone.
