@@ -6,8 +6,9 @@
 #      then a read of the whole image;
 #   2. `--mode hostile`: descriptor loops, a chain longer than the queue, buffers in a hole or
 #      wrapping around 2^64, a read into a device-readable buffer, bad indices, a short
-#      header, a device-readable status, and a request into memory the front end truncated
-#      (see tools/vhost_user_blk_bench/hostile.hpp for what passing means);
+#      header, a device-readable status, and requests into memory the front end truncated
+#      before or right after making them available (tools/vhost_user_blk_bench/hostile.hpp
+#      says what passing means);
 #   3. `--mode verify` again: the back end still serves correct requests.
 # The test passes when every step passed and the server is still running at the end.
 #

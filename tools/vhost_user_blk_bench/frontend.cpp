@@ -249,12 +249,13 @@ Outcome<void> Frontend::setup() {
   // Guest memory: rings, then one slot per request in flight; 2 MiB granularity.
   slot_stride_ = kDataOffsetInSlot + round_up(options_.slot_data_size, kPage);
   slots_base_ = kRingsEnd;
-  const std::uint64_t size =
-      round_up(slots_base_ + slot_stride_ * options_.queue_depth, std::uint64_t{2} << 20);
+  const std::uint64_t size = memory_size();
   auto shm = SharedMemory::create("vhost-user-blk-bench", size);
   if (!shm) return std::unexpected("memfd: " + shm.error().message());
   auto mapping = MmapRegionBuilder<>(size).from_shared_memory(*shm).build();
   if (!mapping) return std::unexpected("mmap: " + mapping.error().message());
+  // The front end's own address of the mapping, which names the region in the memory table
+  // and in the ring addresses; it is sent, never dereferenced here.
   const auto user_address = reinterpret_cast<std::uint64_t>(mapping->unsafe_host_ptr());
   auto region = GuestRegionMmap<>::create(std::move(*mapping), GuestAddress{0});
   if (!region) return std::unexpected("region: " + region.error().message());

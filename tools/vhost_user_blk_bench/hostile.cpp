@@ -34,6 +34,7 @@ constexpr std::array kCases{
     HostileCase{HostileKind::ShortHeader, "short-header"},
     HostileCase{HostileKind::ReadableStatus, "readable-status"},
     HostileCase{HostileKind::TruncatedMemory, "truncated-memory"},
+    HostileCase{HostileKind::TruncatedInFlight, "truncated-in-flight"},
 };
 
 std::string_view answer_name(HostileAnswer answer) {
@@ -112,6 +113,10 @@ Outcome<void> submit_case(Frontend& fe, const HostileCase& c) {
         return std::unexpected(ok.error());
       }
       break;
+    case HostileKind::TruncatedInFlight:
+      chain[1].addr = fe.data_address(kTruncatedSlot).raw_value();
+      if (auto ok = fe.submit_raw(kHostileSlot, 0, chain, head); !ok) return ok;
+      return fe.truncate_memory(fe.data_address(kTruncatedSlot).raw_value());
   }
   return fe.submit_raw(kHostileSlot, 0, chain, head);
 }
@@ -122,7 +127,10 @@ Outcome<std::uint64_t> count_stray_bytes(const Frontend& fe, const HostileCase& 
   std::uint64_t stray = 0;
   for (std::uint32_t slot = 0; slot < kDepth; ++slot) {
     if (device_may_write(c, slot)) continue;
-    if (c.kind == HostileKind::TruncatedMemory && slot == kTruncatedSlot) continue;
+    if (slot == kTruncatedSlot && (c.kind == HostileKind::TruncatedMemory ||
+                                   c.kind == HostileKind::TruncatedInFlight)) {
+      continue;
+    }
     if (auto ok = fe.memory().read_slice(buffer, fe.data_address(slot)); !ok) {
       return std::unexpected(ok.error().message());
     }
@@ -189,6 +197,7 @@ HostileReport run_hostile_case(const HostileCase& c, const std::string& socket_p
     report.served_after = answered && *answered > 0 && done.back().slot == kCheckSlot &&
                           done.back().status == static_cast<std::uint8_t>(BlkStatus::Ok);
   }
+  // The first connection closes before the second opens, as a front end that restarts.
   fe = std::unexpected(std::string("closed"));
   auto again = Frontend::connect(options_for(socket_path, timeout));
   report.reconnected = again.has_value();
@@ -197,7 +206,9 @@ HostileReport run_hostile_case(const HostileCase& c, const std::string& socket_p
                              report.answer == HostileAnswer::NoStatus ||
                              report.answer == HostileAnswer::Disconnected ||
                              (report.answer == HostileAnswer::NoAnswer &&
-                              c.kind == HostileKind::HeadIndexOutOfRange && report.served_after);
+                              c.kind == HostileKind::HeadIndexOutOfRange && report.served_after) ||
+                             (report.answer == HostileAnswer::OkStatus &&
+                              c.kind == HostileKind::TruncatedInFlight);
   const bool kept_serving = report.answer == HostileAnswer::Disconnected || report.served_after;
   report.passed = answered_well && kept_serving && report.stray_bytes == 0 &&
                   report.reconnected && report.detail.empty();

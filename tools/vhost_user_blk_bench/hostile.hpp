@@ -7,7 +7,8 @@
 // device-writable (every other data buffer keeps its canary); (3) on the same connection,
 // if it kept it, still completes a correct read; and (4) accepts a new connection afterwards
 // (it did not crash). A case whose request no back end could answer (a head index beyond
-// the ring) also passes when the back end leaves it unanswered but keeps serving.
+// the ring) also passes when the back end leaves it unanswered but keeps serving, and a
+// request whose memory is truncated while in flight may also end with OK.
 //
 //   for (const HostileCase& c : hostile_cases())
 //     HostileReport r = run_hostile_case(c, "/tmp/blk.sock");
@@ -33,6 +34,9 @@ enum class HostileKind {
   ShortHeader,            ///< a request header of 8 bytes
   ReadableStatus,         ///< the status descriptor is device-readable
   TruncatedMemory,        ///< the data buffer lies in memory the front end truncated away
+  /// The front end truncates the data buffer's memory right after making the request
+  /// available: the back end may finish it before (OK) or meet the hole (error).
+  TruncatedInFlight,
 };
 
 struct HostileCase {
