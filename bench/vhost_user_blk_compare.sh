@@ -100,7 +100,14 @@ start_server() {
 results="$work/results"
 : >"$results"
 for round in $(seq "$rounds"); do
-  for name in "${backends[@]}"; do
+  # Odd rounds run the back ends in order, even rounds in reverse, so neither always goes
+  # first after a server start or a neighbour's burst.
+  order=("${backends[@]}")
+  if [ $((round % 2)) = 0 ]; then
+    order=()
+    for ((i = ${#backends[@]} - 1; i >= 0; i--)); do order+=("${backends[$i]}"); done
+  fi
+  for name in "${order[@]}"; do
     start_server "$name"
     for size in 4096 65536; do
       line=$(timeout $((seconds + 120)) "$bench" --socket "$socket" --mode randread \
@@ -109,7 +116,7 @@ for round in $(seq "$rounds"); do
       iops=$(sed 's/.* iops=\([0-9.]*\).*/\1/' <<<"$line")
       mbps=$(sed 's/.* mbps=\([0-9.]*\).*/\1/' <<<"$line")
       printf 'round %d %-12s %6d B: %9.0f IOPS %8.1f MB/s\n' "$round" "$name" "$size" "$iops" "$mbps"
-      echo "$name $size $iops $mbps" >>"$results"
+      echo "$round $name $size $iops $mbps" >>"$results"
     done
     stop_server
   done
@@ -120,8 +127,8 @@ echo
 echo "medians of $rounds rounds (randread, queue depth 32, one queue, ${seconds}s each):"
 for size in 4096 65536; do
   for name in "${backends[@]}"; do
-    iops=$(awk -v n="$name" -v s="$size" '$1 == n && $2 == s { print $3 }' "$results" | median)
-    mbps=$(awk -v n="$name" -v s="$size" '$1 == n && $2 == s { print $4 }' "$results" | median)
+    iops=$(awk -v n="$name" -v s="$size" '$2 == n && $3 == s { print $4 }' "$results" | median)
+    mbps=$(awk -v n="$name" -v s="$size" '$2 == n && $3 == s { print $5 }' "$results" | median)
     printf '  %-12s %6d B: %9.0f IOPS %8.1f MB/s\n' "$name" "$size" "$iops" "$mbps"
     echo "$name $size $iops" >>"$work/medians"
   done
@@ -129,8 +136,13 @@ for size in 4096 65536; do
     for aio in "${aios[@]}"; do
       o=$(awk -v s="$size" '$1 == "ours" && $2 == s { print $3 }' "$work/medians")
       q=$(awk -v s="$size" -v n="qsd-$aio" '$1 == n && $2 == s { print $3 }' "$work/medians")
-      awk -v o="$o" -v q="$q" -v s="$size" -v a="$aio" \
-        'BEGIN { printf "  ratio ours / qsd-%s at %d B: %.2f\n", a, s, o / q }'
+      # The median of each round's own ratio too: the two runs of a round are next to each
+      # other in time, so a change in the machine's load cancels out of their ratio.
+      paired=$(awk -v s="$size" -v n="qsd-$aio" \
+        '$3 == s && $2 == "ours" { o[$1] = $4 } $3 == s && $2 == n { q[$1] = $4 }
+         END { for (r in o) if (r in q) print o[r] / q[r] }' "$results" | median)
+      awk -v o="$o" -v q="$q" -v s="$size" -v a="$aio" -v p="$paired" \
+        'BEGIN { printf "  ratio ours / qsd-%s at %d B: %.2f (median of the rounds'"'"' ratios %.2f)\n", a, s, o / q, p }'
     done
     if [ "${#aios[@]}" -gt 1 ]; then
       best=$(awk -v s="$size" '$1 ~ /^qsd-/ && $2 == s && $3 > b { b = $3 } END { print b }' \
