@@ -4,8 +4,9 @@
 #   fuzz/run.sh TARGET SECONDS [libFuzzer args...]
 #   fuzz/run.sh --self-test
 #
-# TARGET is fuzz_access, fuzz_bitmap, fuzz_iommu, fuzz_replay or fuzz_vm_io. The seed corpus
-# (fuzz/corpus/TARGET) is copied to a temporary directory, so the repository stays clean;
+# TARGET is fuzz_access, fuzz_bitmap, fuzz_iommu, fuzz_replay, fuzz_vhost_queue or fuzz_vm_io.
+# The seed corpus (fuzz/corpus/TARGET) is copied to a temporary directory, so the repository
+# stays clean;
 # fuzz/TARGET.dict is used when it exists. Extra arguments go to libFuzzer after the
 # defaults, so they win (for example -runs=10000000 or -jobs=...).
 #

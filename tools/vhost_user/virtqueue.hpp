@@ -95,6 +95,8 @@ class SplitQueue {
  public:
   /// A queue at `layout`, continuing from available index `next_avail` and used index
   /// `next_used` (SET_VRING_BASE gives both).
+  /// Preconditions: no area ends past the top of the address space (the back end checks
+  /// that each lies inside one region); an area outside guest memory is a RingAccess error.
   SplitQueue(QueueLayout layout, bool event_idx, std::uint16_t next_avail,
              std::uint16_t next_used) noexcept;
 
