@@ -155,9 +155,9 @@ class GUESTMEM_API Iotlb {
 
  private:
   // Index of the first entry that ends after `iova`.
-  [[nodiscard]] std::size_t first_ending_after(std::uint64_t iova) const noexcept;
+  [[nodiscard]] GUESTMEM_LOCAL std::size_t first_ending_after(std::uint64_t iova) const noexcept;
   // Removes [start, end) from every entry; returns whether anything was removed.
-  bool remove(std::uint64_t start, std::uint64_t end);
+  GUESTMEM_LOCAL bool remove(std::uint64_t start, std::uint64_t end);
 
   std::vector<IotlbEntry> entries_;
 };
@@ -249,11 +249,11 @@ class GUESTMEM_API Iommu {
 
  private:
   // With the lock held: the entry translating `iova` for `access`, with the generation.
-  [[nodiscard]] std::optional<Translation> find_locked(GuestAddress iova,
-                                                       Permissions access) const;
+  [[nodiscard]] GUESTMEM_LOCAL std::optional<Translation> find_locked(GuestAddress iova,
+                                                                      Permissions access) const;
   // With the lock held: the error for [iova, iova + length) when `iova` does not translate.
-  [[nodiscard]] Error failure_locked(GuestAddress iova, GuestUsize length) const;
-  void advance_generation() noexcept;
+  [[nodiscard]] GUESTMEM_LOCAL Error failure_locked(GuestAddress iova, GuestUsize length) const;
+  GUESTMEM_LOCAL void advance_generation() noexcept;
 
   MissHandler handler_;
   mutable std::shared_mutex mutex_;

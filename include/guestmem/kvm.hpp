@@ -221,9 +221,9 @@ class GUESTMEM_API KvmMemorySlots {
     std::vector<std::uint64_t> log;
   };
 
-  KvmMemorySlots(UniqueFd vm_fd, KvmSlotOptions options) noexcept;
+  GUESTMEM_LOCAL KvmMemorySlots(UniqueFd vm_fd, KvmSlotOptions options) noexcept;
   Result<void> apply_wanted();
-  void delete_all() noexcept;
+  GUESTMEM_LOCAL void delete_all() noexcept;
 
   UniqueFd vm_fd_;
   KvmSlotOptions options_;
@@ -304,7 +304,7 @@ class GUESTMEM_API KvmDirtyRing {
   [[nodiscard]] std::uint32_t entries() const noexcept { return entries_; }
 
  private:
-  KvmDirtyRing(void* ring, std::size_t bytes) noexcept;
+  GUESTMEM_LOCAL KvmDirtyRing(void* ring, std::size_t bytes) noexcept;
   // Takes the entries, calling on_page(slot, page) for each of address space 0.
   template <class F>
   std::size_t take(F&& on_page);

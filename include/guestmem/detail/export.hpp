@@ -16,3 +16,7 @@
 /// Gives a class, function or variable default visibility, so that a shared guestmem
 /// library exports it.
 #define GUESTMEM_API [[gnu::visibility("default")]]
+
+/// Keeps a private member function of a GUESTMEM_API class out of the exports, when only the
+/// library's own code (src/) calls it and no inline header code does.
+#define GUESTMEM_LOCAL [[gnu::visibility("hidden")]]
