@@ -1227,8 +1227,10 @@ TEST(IommuMemoryRace, TranslationsChangeUnderConcurrentReaders) {
   });
   const Mem mem(phys, iommu);
   std::atomic<bool> stop{false};
+  std::atomic<int> started{0};
   std::atomic<std::uint64_t> reads{0};
   auto reader = [&] {
+    started.fetch_add(1);
     for (std::uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
       auto value = mem.read_obj<std::uint64_t>(ga(0x10000 + (i % 512) * 8));
       if (value) {
@@ -1239,13 +1241,26 @@ TEST(IommuMemoryRace, TranslationsChangeUnderConcurrentReaders) {
       reads.fetch_add(1, std::memory_order_relaxed);
     }
   };
+  // Waits until the readers have done `n` more reads, so that every mapping below is read
+  // while it holds, however the threads are scheduled.
+  auto let_readers_read = [&](std::uint64_t n) {
+    const std::uint64_t target = reads.load() + n;
+    while (reads.load() < target) {
+      std::this_thread::yield();
+    }
+  };
   std::thread a(reader);
   std::thread b(reader);
-  for (int round = 0; round < 300; ++round) {
+  while (started.load() < 2) {
+    std::this_thread::yield();
+  }
+  constexpr int kRounds = 300;
+  constexpr std::uint64_t kReadsPerRound = 16;
+  for (int round = 0; round < kRounds; ++round) {
     // EXPECT, not ASSERT: returning with the readers running would destroy joinable threads.
     EXPECT_TRUE(iommu->set_mapping(ga(0x10000), ga(0x1000 * static_cast<std::uint64_t>(round % 2)),
                                    0x1000, Permissions::Read).has_value());
-    std::this_thread::yield();
+    let_readers_read(kReadsPerRound);
     if (round % 7 == 0) {
       iommu->invalidate_mapping(ga(0x10000), 0x1000);
     }
@@ -1253,7 +1268,7 @@ TEST(IommuMemoryRace, TranslationsChangeUnderConcurrentReaders) {
   stop = true;
   a.join();
   b.join();
-  EXPECT_GT(reads.load(), 0u);
+  EXPECT_GE(reads.load(), kRounds * kReadsPerRound);
 }
 
 // ---------------------------------------------------------------- randomized model
