@@ -436,6 +436,19 @@ void BlkBackend::run_queue(Queue& q, std::uint32_t index, bool event_idx) {
     }
     return mem;
   };
+  // Publishes the used entries added so far and signals the driver if it asked to be.
+  const auto publish = [&](const GuestMemoryMmap<>& guest) {
+    auto notify = ring->publish_used(guest);
+    if (!notify) {
+      fail(notify.error().describe());
+      return false;
+    }
+    if (*notify) {
+      const std::lock_guard lock(q.notify_mutex);
+      signal_eventfd(q.call);
+    }
+    return true;
+  };
   for (;;) {
     if (!pending) {
       std::array<pollfd, 2> fds{pollfd{q.kick.get(), POLLIN, 0}, pollfd{q.stop.get(), POLLIN, 0}};
@@ -486,19 +499,15 @@ void BlkBackend::run_queue(Queue& q, std::uint32_t index, bool event_idx) {
           fail(used.error().describe());
           break;
         }
+        // Each request is returned as soon as it is served, so that the driver refills the
+        // queue while the next one is served instead of waiting for the whole batch.
+        if (!publish((*mem)->guest)) {
+          break;
+        }
       }
       auto mem = broken ? std::nullopt : snapshot();
       if (!mem) {
         break;
-      }
-      auto notify = ring->publish_used((*mem)->guest);
-      if (!notify) {
-        fail(notify.error().describe());
-        break;
-      }
-      if (*notify) {
-        const std::lock_guard lock(q.notify_mutex);
-        signal_eventfd(q.call);
       }
       auto again = ring->enable_notification((*mem)->guest);
       if (!again) {
