@@ -50,14 +50,8 @@ bench="$build_dir/tools/vhost_user_blk_bench/vhost-user-blk-bench"
 command -v qemu-storage-daemon >/dev/null || { echo "qemu-storage-daemon missing (qemu-utils)" >&2; exit 1; }
 
 work=$(mktemp -d /dev/shm/guestmem-vub-compare.XXXXXX)
-server_pid=""
-stop_server() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-  fi
-}
+# start_server and stop_server, shared with the end-to-end tests.
+. "$(dirname "$0")/../tests/e2e/server.sh"
 trap 'stop_server; rm -rf "$work"' EXIT
 image="$work/disk.img"
 socket="$work/blk.sock"
@@ -69,32 +63,15 @@ backends=()
 IFS=, read -r -a aios <<<"$qsd_aio"
 for aio in "${aios[@]}"; do backends+=("qsd-$aio"); done
 
-start_server() {
-  local name=$1 cmd=()
-  rm -f "$socket"
-  case "$name" in
-    ours)
-      read -r -a cmd <<<"${ours//@SOCKET@/$socket}"
-      for i in "${!cmd[@]}"; do cmd[$i]=${cmd[$i]//@IMAGE@/$image}; done ;;
-    qsd-native)
-      cmd=(qemu-storage-daemon
-        --blockdev "driver=file,node-name=disk,filename=$image,aio=native,cache.direct=on"
-        --export "type=vhost-user-blk,id=export,node-name=disk,addr.type=unix,addr.path=$socket,writable=on") ;;
-    qsd-*)
-      cmd=(qemu-storage-daemon
-        --blockdev "driver=file,node-name=disk,filename=$image,aio=${name#qsd-},cache.direct=off"
-        --export "type=vhost-user-blk,id=export,node-name=disk,addr.type=unix,addr.path=$socket,writable=on") ;;
+# The command line of a back end by name, with @SOCKET@ and @IMAGE@ for start_server.
+server_command() {
+  local export="type=vhost-user-blk,id=export,node-name=disk,addr.type=unix,addr.path=@SOCKET@,writable=on"
+  case "$1" in
+    ours) echo "$ours" ;;
+    # native needs O_DIRECT.
+    qsd-native) echo "qemu-storage-daemon --blockdev driver=file,node-name=disk,filename=@IMAGE@,aio=native,cache.direct=on --export $export" ;;
+    qsd-*) echo "qemu-storage-daemon --blockdev driver=file,node-name=disk,filename=@IMAGE@,aio=${1#qsd-},cache.direct=off --export $export" ;;
   esac
-  timeout 600 "${cmd[@]}" >"$work/$name.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 100); do
-    [ -S "$socket" ] && return 0
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2
-  cat "$work/$name.log" >&2
-  exit 1
 }
 
 results="$work/results"
@@ -108,7 +85,7 @@ for round in $(seq "$rounds"); do
     for ((i = ${#backends[@]} - 1; i >= 0; i--)); do order+=("${backends[$i]}"); done
   fi
   for name in "${order[@]}"; do
-    start_server "$name"
+    start_server "$(server_command "$name")" "$socket" "$image" "$work/$name.log" 600 || exit 1
     for size in 4096 65536; do
       line=$(timeout $((seconds + 120)) "$bench" --socket "$socket" --mode randread \
                --size "$size" --queue-depth 32 --seconds "$seconds" | grep '^RESULT') \
