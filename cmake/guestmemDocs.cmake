@@ -8,7 +8,7 @@ if(PROJECT_IS_TOP_LEVEL)
     set(GUESTMEM_DOCS_OUTPUT ${PROJECT_BINARY_DIR}/docs)
     configure_file(${PROJECT_SOURCE_DIR}/Doxyfile.in ${PROJECT_BINARY_DIR}/Doxyfile @ONLY)
     file(GLOB _guestmem_public_headers CONFIGURE_DEPENDS
-         ${PROJECT_SOURCE_DIR}/include/guestmem/*.hpp ${PROJECT_SOURCE_DIR}/docs/api/*.dox)
+         ${PROJECT_SOURCE_DIR}/include/guestmem/*.hpp)
     add_custom_command(
       OUTPUT ${GUESTMEM_DOCS_OUTPUT}/html/index.html
       COMMAND ${CMAKE_COMMAND} -E make_directory ${GUESTMEM_DOCS_OUTPUT}

@@ -80,6 +80,7 @@ struct FaultInfo {
   /// is then 0.
   bool blocked = false;
 
+  /// Equal when every field is.
   friend constexpr bool operator==(const FaultInfo&, const FaultInfo&) noexcept = default;
 };
 
