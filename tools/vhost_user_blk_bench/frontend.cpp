@@ -104,15 +104,15 @@ Outcome<Frontend> Frontend::connect(const FrontendOptions& options) {
   }
   Frontend fe;
   fe.options_ = options;
-  fe.socket_ = UniqueFd{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)};
-  if (fe.socket_.get() < 0) return std::unexpected(errno_text("socket"));
+  fe.conn_ = vhost_user::Connection{UniqueFd{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)}};
+  if (fe.conn_.fd() < 0) return std::unexpected(errno_text("socket"));
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (options.socket_path.size() >= sizeof(address.sun_path)) {
     return std::unexpected("socket path too long");
   }
   std::memcpy(address.sun_path, options.socket_path.data(), options.socket_path.size());
-  if (::connect(fe.socket_.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+  if (::connect(fe.conn_.fd(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
     return std::unexpected(errno_text("connect " + options.socket_path));
   }
   if (auto ok = fe.setup(); !ok) return std::unexpected(ok.error());
@@ -126,32 +126,11 @@ Outcome<void> Frontend::send(Request request, std::span<const std::byte> payload
   MessageHeader header{.request = to_underlying(request),
                        .flags = kVersion | (ack ? kNeedReplyFlag : 0),
                        .size = static_cast<std::uint32_t>(payload.size())};
-  iovec parts[2] = {{&header, sizeof(header)},
-                    {const_cast<std::byte*>(payload.data()), payload.size()}};
-  msghdr message{};
-  message.msg_iov = parts;
-  message.msg_iovlen = payload.empty() ? 1 : 2;
-  alignas(cmsghdr) std::byte control[CMSG_SPACE(sizeof(int) * kMaxFds)]{};
-  if (!fds.empty()) {
-    if (fds.size() > kMaxFds) return std::unexpected("too many descriptors for one message");
-    message.msg_control = control;
-    message.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&message);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  }
-  ssize_t sent;
-  do {
-    sent = ::sendmsg(socket_.get(), &message, MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
-  if (sent < 0) {
-    if (errno == EPIPE || errno == ECONNRESET) return std::unexpected("disconnected");
-    return std::unexpected(errno_text("sendmsg"));
-  }
-  if (static_cast<std::size_t>(sent) != sizeof(header) + payload.size()) {
-    return std::unexpected("sendmsg sent part of a message");
+  if (fds.size() > kMaxFds) return std::unexpected("too many descriptors for one message");
+  if (auto sent = conn_.send(header, payload, fds); !sent) {
+    const int err = sent.error().os_error();
+    if (err == EPIPE || err == ECONNRESET) return std::unexpected("disconnected");
+    return std::unexpected(fmt::format("sendmsg: {}", std::strerror(err)));
   }
   if (!ack) return {};
   auto reply = receive_reply(request);
@@ -168,7 +147,7 @@ Outcome<void> Frontend::send(Request request, std::span<const std::byte> payload
 
 Outcome<std::vector<std::byte>> Frontend::receive_reply(Request request) {
   MessageHeader header{};
-  auto got = read_exact(socket_.get(), std::as_writable_bytes(std::span(&header, 1)),
+  auto got = read_exact(conn_.fd(), std::as_writable_bytes(std::span(&header, 1)),
                         options_.reply_timeout);
   if (!got) return std::unexpected(got.error());
   if (header.request != to_underlying(request) || (header.flags & kReplyFlag) == 0 ||
@@ -178,7 +157,7 @@ Outcome<std::vector<std::byte>> Frontend::receive_reply(Request request) {
   }
   if (header.size > kMaxPayloadSize) return std::unexpected("reply payload too large");
   std::vector<std::byte> payload(header.size);
-  got = read_exact(socket_.get(), payload, options_.reply_timeout);
+  got = read_exact(conn_.fd(), payload, options_.reply_timeout);
   if (!got) return std::unexpected(got.error());
   return payload;
 }
@@ -423,7 +402,7 @@ Outcome<std::size_t> Frontend::wait_completions(std::vector<Completion>& out,
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) return 0;
     pollfd entries[2] = {{.fd = call_.get(), .events = POLLIN, .revents = 0},
-                         {.fd = socket_.get(), .events = POLLIN, .revents = 0}};
+                         {.fd = conn_.fd(), .events = POLLIN, .revents = 0}};
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
     int ready = ::poll(entries, 2, static_cast<int>(left.count()));
     if (ready < 0 && errno != EINTR) return std::unexpected(errno_text("poll"));
@@ -441,7 +420,7 @@ Outcome<std::size_t> Frontend::wait_completions(std::vector<Completion>& out,
 
 bool Frontend::connected() const {
   std::byte probe{};
-  ssize_t n = ::recv(socket_.get(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+  ssize_t n = ::recv(conn_.fd(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
   if (n == 0) return false;
   return n > 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
 }

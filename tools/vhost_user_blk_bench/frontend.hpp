@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "vhost_user/connection.hpp"
 #include "vhost_user/protocol.hpp"
 
 namespace guestmem::vhost_user_bench {
@@ -138,7 +139,7 @@ class Frontend {
   Outcome<void> publish(std::uint16_t head);
 
   FrontendOptions options_;
-  UniqueFd socket_;
+  vhost_user::Connection conn_{UniqueFd{}};
   UniqueFd kick_;
   UniqueFd call_;
   std::optional<SharedMemory> shm_;
